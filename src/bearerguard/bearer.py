@@ -1,0 +1,49 @@
+"""Parsing the Authorization header (RFC 6750 section 2.1): the token, or an AuthError."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import InvalidRequest, InvalidToken, MissingToken
+
+__all__ = ["parse_authorization"]
+
+# token68 (RFC 9110 section 11.2): 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_SCHEME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def split_scheme(authorization: str) -> tuple[str, str]:
+    """Split ``"<scheme> <credentials>"``; raise ValueError when there is no valid scheme."""
+    scheme, sep, rest = authorization.partition(" ")
+    if not _SCHEME.fullmatch(scheme):
+        raise ValueError("malformed authorization header")
+    return scheme, rest.lstrip(" ") if sep else ""
+
+
+def parse_authorization(authorization: str | None, *, max_length: int) -> str:
+    """Return the bearer token in ``authorization``.
+
+    Raises ``MissingToken`` for an absent header or another scheme, ``InvalidRequest`` for a
+    malformed one (empty, several credentials, characters outside token68) and
+    ``InvalidToken`` for a token longer than ``max_length``.
+    """
+    if authorization is None or authorization.strip() == "":
+        raise MissingToken()
+    # Fast path: the common, well-formed header.
+    if authorization.startswith("Bearer ") and " " not in authorization[7:]:
+        token = authorization[7:]
+    else:
+        try:
+            scheme, token = split_scheme(authorization.strip(" \t"))
+        except ValueError:
+            raise InvalidRequest("malformed authorization header") from None
+        if scheme.lower() != "bearer":
+            raise MissingToken()
+        if not token:
+            raise InvalidRequest("bearer token is empty")
+    if len(token) > max_length:
+        raise InvalidToken("token too large")
+    if not _TOKEN68.fullmatch(token):
+        raise InvalidRequest("bearer credentials must be a single token68 value")
+    return token

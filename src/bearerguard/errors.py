@@ -1,0 +1,172 @@
+"""The AuthError family: each error knows its HTTP status, RFC 6750 code and challenge."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+__all__ = [
+    "AuthError",
+    "ConfigurationError",
+    "InsufficientScope",
+    "InvalidRequest",
+    "InvalidToken",
+    "IssuerUnavailable",
+    "MissingToken",
+]
+
+
+# Characters allowed inside error_description and scope values (RFC 6750 section 3).
+_UNSAFE = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
+def _quote(value: str) -> str:
+    """A quoted-string with every character outside RFC 6750's safe set replaced by ``?``."""
+    return '"' + _UNSAFE.sub("?", value) + '"'
+
+
+def render_challenge(scheme: str, params: Mapping[str, str]) -> str:
+    """``Bearer realm="api", error="invalid_token", ...`` (RFC 9110 section 11.6.1)."""
+    if not params:
+        return scheme
+    return scheme + " " + ", ".join(f"{name}={_quote(value)}" for name, value in params.items())
+
+
+class ConfigurationError(ValueError):
+    """The library was configured in a way that cannot be safely used."""
+
+
+class AuthError(Exception):
+    """A request was not authenticated or not authorised.
+
+    Every subclass renders itself: ``status_code``, ``www_authenticate``, ``headers``
+    and ``to_json()`` are all an adapter needs.
+    """
+
+    status_code: ClassVar[int] = 401
+    error: ClassVar[str | None] = None
+    default_description: ClassVar[str] = "authentication failed"
+
+    def __init__(self, description: str | None = None, *, realm: str | None = None) -> None:
+        self.description = description or self.default_description
+        self.realm = realm
+        super().__init__(self.description)
+
+    def challenge_params(self) -> dict[str, str]:
+        """The auth-params of the ``WWW-Authenticate`` challenge, realm first."""
+        params: dict[str, str] = {}
+        if self.realm is not None:
+            params["realm"] = self.realm
+        if self.error is not None:
+            params["error"] = self.error
+            params["error_description"] = self.description
+        return params
+
+    @property
+    def www_authenticate(self) -> str:
+        """The ``WWW-Authenticate`` header value (RFC 6750 section 3)."""
+        return render_challenge("Bearer", self.challenge_params())
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Every response header this error needs."""
+        return {"WWW-Authenticate": self.www_authenticate}
+
+    @property
+    def json_error(self) -> str:
+        return self.error or "invalid_token"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": self.json_error, "error_description": self.description}
+
+    def to_json(self) -> str:
+        """The response body: ``{"error": ..., "error_description": ...}``."""
+        return json.dumps(self.to_dict())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.description!r})"
+
+
+class MissingToken(AuthError):
+    """No bearer credentials at all: 401 with a bare challenge (RFC 6750 section 3.1)."""
+
+    status_code = 401
+    error = None
+    default_description = "bearer token required"
+
+    @property
+    def json_error(self) -> str:
+        return "invalid_request"
+
+
+class InvalidRequest(AuthError):
+    """A malformed Authorization header: 400 invalid_request."""
+
+    status_code = 400
+    error = "invalid_request"
+    default_description = "malformed authorization header"
+
+
+class InvalidToken(AuthError):
+    """The token is expired, forged, malformed or not meant for this API: 401 invalid_token."""
+
+    status_code = 401
+    error = "invalid_token"
+    default_description = "invalid token"
+
+
+class InsufficientScope(AuthError):
+    """A valid token lacks the scopes the route requires: 403 insufficient_scope."""
+
+    status_code = 403
+    error = "insufficient_scope"
+    default_description = "insufficient scope"
+
+    def __init__(
+        self,
+        required: tuple[str, ...] | list[str] = (),
+        description: str | None = None,
+        *,
+        any_of: bool = False,
+        realm: str | None = None,
+    ) -> None:
+        self.required = tuple(required)
+        self.any_of = any_of
+        if description is None:
+            kind = "one of the scopes" if any_of else "the scopes"
+            description = f"token lacks {kind}: {' '.join(self.required)}"
+        super().__init__(description, realm=realm)
+
+    def challenge_params(self) -> dict[str, str]:
+        params = super().challenge_params()
+        params["scope"] = " ".join(self.required)
+        return params
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        body["scope"] = " ".join(self.required)
+        return body
+
+
+class IssuerUnavailable(AuthError):
+    """No usable signing keys: the issuer cannot be reached and nothing is cached. 503."""
+
+    status_code = 503
+    error = None
+    default_description = "the token issuer is unavailable; try again later"
+
+    def __init__(
+        self, description: str | None = None, *, retry_after: int = 30, realm: str | None = None
+    ) -> None:
+        super().__init__(description, realm=realm)
+        self.retry_after = max(1, int(retry_after))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": self.www_authenticate, "Retry-After": str(self.retry_after)}
+
+    @property
+    def json_error(self) -> str:
+        return "temporarily_unavailable"

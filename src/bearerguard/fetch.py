@@ -1,0 +1,326 @@
+"""The only I/O: discovery (OIDC / RFC 8414) and JWKS retrieval over httpx.
+
+The fetch is written once as a generator that yields ``httpx.Request``s and receives
+``Fetched`` responses (the shape of httpx's ``Auth.auth_flow``); ``KeySource`` drives it from a
+sync face (threads, ``httpx.Client``) and an async face (asyncio, ``httpx.AsyncClient``), both
+feeding the one ``KeyCache`` policy in ``keys.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from .errors import ConfigurationError, InvalidToken, IssuerUnavailable
+from .keys import Action, JWKSError, KeyCache, KeySet, VerificationKey, cache_max_age
+
+__all__ = ["KeySource", "check_url"]
+
+log = logging.getLogger("bearerguard")
+
+MAX_DOCUMENT_BYTES = 512 * 1024
+USER_AGENT = "bearerguard"
+Transport = httpx.BaseTransport | httpx.AsyncBaseTransport
+
+
+class FetchError(Exception):
+    """The issuer could not give us usable keys. The message is for logs, never for clients."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    status_code: int
+    headers: httpx.Headers
+    body: bytes
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    keys: KeySet | None  # None: 304 Not Modified
+    max_age: float | None
+    etag: str | None
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str, what: str) -> str:
+    """Require https, or http on a loopback host (for development)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and _is_loopback(parts.hostname):
+        return url
+    raise ConfigurationError(f"{what} must be an https:// URL (http:// only on loopback): {url!r}")
+
+
+def discovery_urls(issuer: str) -> list[str]:
+    """OIDC discovery first, then RFC 8414 (path inserted, then appended as Logto serves it)."""
+    base = issuer.rstrip("/")
+    parts = urlsplit(base)
+    urls = [base + "/.well-known/openid-configuration"]
+    if parts.path:
+        root = f"{parts.scheme}://{parts.netloc}"
+        urls.append(f"{root}/.well-known/oauth-authorization-server{parts.path}")
+    urls.append(base + "/.well-known/oauth-authorization-server")
+    return urls
+
+
+def _json(body: bytes, what: str) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise FetchError(f"{what} is not valid JSON") from None
+
+
+class KeySource:
+    """Keys of one issuer (or one fixed ``jwks_uri``): a KeyCache plus the I/O that feeds it."""
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        jwks_uri: str | None,
+        cache: KeyCache,
+        timeout: float,
+        clock: Callable[[], float],
+        http_client: httpx.Client | None = None,
+        async_http_client: httpx.AsyncClient | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        self.issuer = issuer
+        self.fixed_jwks_uri = jwks_uri
+        self.jwks_uri = jwks_uri
+        self.cache = cache
+        self.timeout = timeout
+        self.clock = clock
+        self.http_client = http_client
+        self.async_http_client = async_http_client
+        self.transport = transport
+        self._lock = threading.Lock()
+        self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # -- the shared, I/O-free parts ---------------------------------------------------------
+
+    def _flow(self) -> Generator[httpx.Request, Fetched, FetchResult]:
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        if self.jwks_uri is None:
+            metadata = None
+            for url in discovery_urls(self.issuer):
+                response = yield httpx.Request("GET", url, headers=headers)
+                if response.status_code == 200:
+                    metadata = _json(response.body, "discovery document")
+                    break
+                if not 400 <= response.status_code < 500:
+                    raise FetchError(f"discovery answered HTTP {response.status_code}")
+            if not isinstance(metadata, dict):
+                raise FetchError("no discovery document found")
+            if metadata.get("issuer") != self.issuer:
+                raise FetchError(
+                    "discovery document's issuer does not equal the configured issuer "
+                    f"{self.issuer!r}: check the issuer setting"
+                )
+            jwks_uri = metadata.get("jwks_uri")
+            if not isinstance(jwks_uri, str):
+                raise FetchError("discovery document has no jwks_uri")
+            try:
+                self.jwks_uri = check_url(jwks_uri, "jwks_uri")
+            except ConfigurationError as exc:
+                raise FetchError(str(exc)) from None
+        jwks_headers = dict(headers)
+        if self.cache.etag and self.cache.keys is not None:
+            jwks_headers["If-None-Match"] = self.cache.etag
+        response = yield httpx.Request("GET", self.jwks_uri, headers=jwks_headers)
+        max_age = cache_max_age(response.headers.get("Cache-Control"))
+        if response.status_code == 304 and self.cache.keys is not None:
+            return FetchResult(None, max_age, self.cache.etag)
+        if response.status_code != 200:
+            raise FetchError(f"JWKS endpoint answered HTTP {response.status_code}")
+        try:
+            keys = KeySet.from_jwks(response.body)
+        except JWKSError as exc:
+            raise FetchError(str(exc)) from None
+        return FetchResult(keys, max_age, response.headers.get("ETag"))
+
+    def _after_fetch(self, result: FetchResult | None, error: str | None, now: float) -> None:
+        if result is not None:
+            self.cache.succeeded(result.keys, result.max_age, result.etag, now)
+            return
+        assert error is not None
+        log.warning("bearerguard: cannot refresh signing keys from %s: %s", self.issuer, error)
+        self.cache.failed(error, now)
+        if self.fixed_jwks_uri is None:
+            self.jwks_uri = None  # discover again next time: the issuer may have moved its keys
+
+    def _decide(self, kid: str | None, now: float) -> VerificationKey | None:
+        """After planning or fetching: the key, or the right AuthError."""
+        action = self.cache.plan(kid, now)
+        if action is Action.FETCH:
+            return None
+        keys = self.cache.keys
+        if action is Action.UNAVAILABLE or keys is None:
+            raise IssuerUnavailable(retry_after=self.cache.retry_after(now))
+        key = keys.find(kid)
+        if key is None:
+            raise InvalidToken("unknown signing key" if kid is not None else "token has no kid")
+        return key
+
+    def _resolve_after(self, kid: str | None, now: float) -> VerificationKey:
+        """The answer once a fetch was made (or refused): never FETCH again in one call."""
+        keys = self.cache.keys
+        if keys is not None and (now < self.cache.expires_at or self.cache.usable_stale(now)):
+            key = keys.find(kid)
+            if key is None:
+                raise InvalidToken("unknown signing key" if kid is not None else "token has no kid")
+            return key
+        raise IssuerUnavailable(retry_after=self.cache.retry_after(now))
+
+    def _deadline(self) -> float:
+        # Discovery and JWKS together stay within two timeouts, however slowly bytes trickle.
+        return time.monotonic() + 2 * self.timeout
+
+    # -- the sync face ------------------------------------------------------------------------
+
+    def get_key(self, kid: str | None) -> VerificationKey:
+        key = self._decide(kid, self.clock())
+        if key is not None:
+            return key
+        with self._lock:  # single flight across threads
+            now = self.clock()
+            key = self._decide(kid, now)
+            if key is not None:
+                return key
+            self.cache.started(kid, now)
+            result, error = None, None
+            try:
+                result = self._run_sync()
+            except FetchError as exc:
+                error = str(exc)
+            now = self.clock()
+            self._after_fetch(result, error, now)
+            return self._resolve_after(kid, now)
+
+    def _run_sync(self) -> FetchResult:
+        deadline = self._deadline()
+        flow = self._flow()
+        client = self.http_client
+        own = None
+        if client is None:
+            transport = self.transport if isinstance(self.transport, httpx.BaseTransport) else None
+            own = client = httpx.Client(timeout=self.timeout, transport=transport)
+        try:
+            request = next(flow)
+            while True:
+                fetched = self._send_sync(client, request, deadline)
+                try:
+                    request = flow.send(fetched)
+                except StopIteration as stop:
+                    result: FetchResult = stop.value
+                    return result
+        finally:
+            flow.close()
+            if own is not None:
+                own.close()
+
+    def _send_sync(self, client: httpx.Client, request: httpx.Request, deadline: float) -> Fetched:
+        try:
+            response = client.send(request, stream=True)
+            try:
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_DOCUMENT_BYTES:
+                        raise FetchError(f"{request.url} answered more than {MAX_DOCUMENT_BYTES} B")
+                    if time.monotonic() > deadline:
+                        raise FetchError(f"{request.url} took too long")
+            finally:
+                response.close()
+        except httpx.HTTPError as exc:
+            raise FetchError(f"{request.url}: {type(exc).__name__}: {exc}") from None
+        return Fetched(response.status_code, response.headers, bytes(body))
+
+    # -- the async face -----------------------------------------------------------------------
+
+    async def get_key_async(self, kid: str | None) -> VerificationKey:
+        key = self._decide(kid, self.clock())
+        if key is not None:
+            return key
+        loop = asyncio.get_running_loop()
+        lock = self._async_locks.get(loop)
+        if lock is None:
+            lock = self._async_locks[loop] = asyncio.Lock()
+        async with lock:  # single flight across tasks
+            now = self.clock()
+            key = self._decide(kid, now)
+            if key is not None:
+                return key
+            self.cache.started(kid, now)
+            result, error = None, None
+            try:
+                result = await asyncio.wait_for(self._run_async(), 2 * self.timeout)
+            except FetchError as exc:
+                error = str(exc)
+            except asyncio.TimeoutError:
+                error = "fetching keys took too long"
+            now = self.clock()
+            self._after_fetch(result, error, now)
+            return self._resolve_after(kid, now)
+
+    async def _run_async(self) -> FetchResult:
+        flow = self._flow()
+        client = self.async_http_client
+        own = None
+        if client is None:
+            transport = (
+                self.transport if isinstance(self.transport, httpx.AsyncBaseTransport) else None
+            )
+            own = client = httpx.AsyncClient(timeout=self.timeout, transport=transport)
+        try:
+            request = next(flow)
+            while True:
+                fetched = await self._send_async(client, request)
+                try:
+                    request = flow.send(fetched)
+                except StopIteration as stop:
+                    result: FetchResult = stop.value
+                    return result
+        finally:
+            flow.close()
+            if own is not None:
+                await own.aclose()
+
+    async def _send_async(self, client: httpx.AsyncClient, request: httpx.Request) -> Fetched:
+        try:
+            response = await client.send(request, stream=True)
+            try:
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_DOCUMENT_BYTES:
+                        raise FetchError(f"{request.url} answered more than {MAX_DOCUMENT_BYTES} B")
+            finally:
+                await response.aclose()
+        except httpx.HTTPError as exc:
+            raise FetchError(f"{request.url}: {type(exc).__name__}: {exc}") from None
+        return Fetched(response.status_code, response.headers, bytes(body))

@@ -1,0 +1,243 @@
+"""JWKS documents -> KeySet, and the key-caching policy as plain state (no I/O, no clock).
+
+``KeyCache`` decides; ``fetch.py`` does the fetching it asks for and reports back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+__all__ = ["HASHES", "CachePolicy", "KeyCache", "KeySet", "VerificationKey"]
+
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | Ed25519PublicKey | Ed448PublicKey
+
+HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "ES256": hashes.SHA256,
+    "ES384": hashes.SHA384,
+    "ES512": hashes.SHA512,
+    "RS256": hashes.SHA256,
+    "RS384": hashes.SHA384,
+    "RS512": hashes.SHA512,
+    "PS256": hashes.SHA256,
+    "PS384": hashes.SHA384,
+    "PS512": hashes.SHA512,
+}
+_EC_ALG = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+_RSA_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+MIN_RSA_BITS = 2048
+MAX_KEYS = 100
+_CACHE_MAX_AGE = re.compile(r"(?:^|[,\s])(s-maxage|max-age)\s*=\s*\"?(\d{1,10})\"?", re.I)
+
+
+class JWKSError(ValueError):
+    """A JWKS document that cannot be used at all."""
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    """One usable public key: its kid and the algorithms it may verify."""
+
+    kid: str | None
+    algorithms: frozenset[str]
+    public_key: PublicKey
+
+
+def _key_algorithms(jwk: Mapping[str, Any], public: PublicKey) -> frozenset[str]:
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        fits = {_EC_ALG[jwk["crv"]]} if jwk.get("crv") in _EC_ALG else set()
+    elif isinstance(public, rsa.RSAPublicKey):
+        fits = set(_RSA_ALGS) if public.key_size >= MIN_RSA_BITS else set()
+    else:
+        fits = {"EdDSA"}
+    alg = jwk.get("alg")
+    if alg is not None:
+        # A JWK that names its algorithm is used for that algorithm only.
+        fits &= {alg}
+    return frozenset(fits)
+
+
+def load_jwk(jwk: Any) -> VerificationKey | None:
+    """Build a VerificationKey from one JWK, or None when it is unusable for signatures."""
+    if not isinstance(jwk, dict):
+        return None
+    kid = jwk.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        return None
+    if jwk.get("use", "sig") != "sig":
+        return None
+    ops = jwk.get("key_ops")
+    if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
+        return None
+    kty = jwk.get("kty")
+    try:
+        # A JWKS must hold public keys; never load a private or symmetric one.
+        public_jwk = {k: v for k, v in jwk.items() if k not in ("d", "p", "q", "dp", "dq", "qi")}
+        public: Any
+        if kty == "EC":
+            public = ECAlgorithm.from_jwk(public_jwk)
+        elif kty == "RSA":
+            public = RSAAlgorithm.from_jwk(public_jwk)
+        elif kty == "OKP" and jwk.get("crv") in ("Ed25519", "Ed448"):
+            public = OKPAlgorithm.from_jwk(public_jwk)
+        else:
+            return None
+    except Exception:
+        return None
+    if not isinstance(public, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)) and not isinstance(
+        public, (Ed25519PublicKey, Ed448PublicKey)
+    ):
+        return None
+    algorithms = _key_algorithms(jwk, public)
+    if not algorithms:
+        return None
+    return VerificationKey(kid, algorithms, public)
+
+
+class KeySet:
+    """The usable signing keys of one JWKS, indexed by kid."""
+
+    def __init__(self, keys: Iterable[VerificationKey]) -> None:
+        self.keys = tuple(keys)
+        self._by_kid = {k.kid: k for k in self.keys if k.kid is not None}
+
+    @classmethod
+    def from_jwks(cls, document: bytes | str | Mapping[str, Any]) -> KeySet:
+        """Parse a JWKS document; malformed keys are skipped, a malformed document raises."""
+        if isinstance(document, (bytes, str)):
+            try:
+                document = json.loads(document)
+            except (ValueError, RecursionError):
+                raise JWKSError("JWKS is not valid JSON") from None
+        if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
+            raise JWKSError("JWKS has no 'keys' list")
+        raw = document["keys"]
+        if len(raw) > MAX_KEYS:
+            raise JWKSError(f"JWKS holds more than {MAX_KEYS} keys")
+        keys = [k for k in map(load_jwk, raw) if k is not None]
+        if not keys:
+            raise JWKSError("JWKS holds no usable signing key")
+        return cls(keys)
+
+    def find(self, kid: str | None) -> VerificationKey | None:
+        """The key for ``kid``; without a kid, the only key when there is exactly one."""
+        if kid is None:
+            return self.keys[0] if len(self.keys) == 1 else None
+        return self._by_kid.get(kid)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def cache_max_age(cache_control: str | None) -> float | None:
+    """The lifetime a Cache-Control header grants, or None when it says nothing usable."""
+    if not cache_control:
+        return None
+    lowered = cache_control.lower()
+    if "no-store" in lowered or "no-cache" in lowered:
+        return 0.0
+    ages = {m.group(1).lower(): int(m.group(2)) for m in _CACHE_MAX_AGE.finditer(cache_control)}
+    if "s-maxage" in ages:
+        return float(ages["s-maxage"])
+    if "max-age" in ages:
+        return float(ages["max-age"])
+    return None
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """How long keys live and how often the issuer may be asked again. Seconds."""
+
+    default_ttl: float = 600.0
+    min_ttl: float = 60.0
+    max_ttl: float = 86400.0
+    cooldown: float = 30.0
+    max_stale: float = 3600.0
+
+    def ttl(self, header_max_age: float | None) -> float:
+        if header_max_age is None:
+            return self.default_ttl
+        return min(max(header_max_age, self.min_ttl), self.max_ttl)
+
+
+class Action(Enum):
+    USE = "use"  # the keys in hand answer the question
+    FETCH = "fetch"  # ask the issuer now
+    UNKNOWN_KID = "unknown_kid"  # keys are fresh, the kid is not there, and we may not ask again
+    UNAVAILABLE = "unavailable"  # no usable keys and we may not ask again yet
+
+
+class KeyCache:
+    """The caching state machine for one key source.
+
+    - Fresh keys (younger than their TTL) answer directly.
+    - An unknown kid triggers a refetch at most once per ``cooldown``; routine refreshes
+      do not start that cooldown, so a key rotated in right after one is still found.
+    - A failed fetch keeps stale keys serving for up to ``max_stale`` past their TTL, and
+      the issuer is not asked again before ``cooldown`` has passed.
+    """
+
+    def __init__(self, policy: CachePolicy) -> None:
+        self.policy = policy
+        self.keys: KeySet | None = None
+        self.etag: str | None = None
+        self.expires_at = 0.0
+        self.kid_refetch_at = -float("inf")  # when an unknown kid may next trigger a fetch
+        self.retry_at = -float("inf")  # after a failure: when the issuer may be asked again
+        self.last_error: str | None = None
+        self.fetches = 0
+
+    def plan(self, kid: str | None, now: float) -> Action:
+        keys = self.keys
+        if keys is not None and now < self.expires_at:
+            if keys.find(kid) is not None:
+                return Action.USE
+            if now >= self.kid_refetch_at and now >= self.retry_at:
+                return Action.FETCH
+            return Action.UNKNOWN_KID
+        if now >= self.retry_at:
+            return Action.FETCH
+        if self.usable_stale(now):
+            return Action.USE if keys is not None and keys.find(kid) else Action.UNKNOWN_KID
+        return Action.UNAVAILABLE
+
+    def usable_stale(self, now: float) -> bool:
+        return self.keys is not None and now < self.expires_at + self.policy.max_stale
+
+    def started(self, kid: str | None, now: float) -> None:
+        """A fetch is starting; an unknown-kid refetch starts the cooldown."""
+        self.fetches += 1
+        if self.keys is not None and now < self.expires_at and self.keys.find(kid) is None:
+            self.kid_refetch_at = now + self.policy.cooldown
+
+    def succeeded(
+        self, keys: KeySet | None, max_age: float | None, etag: str | None, now: float
+    ) -> None:
+        """Record fresh keys; ``keys`` None means 304 Not Modified (the old keys stay)."""
+        if keys is not None:
+            self.keys = keys
+        self.etag = etag
+        self.expires_at = now + self.policy.ttl(max_age)
+        self.retry_at = -float("inf")
+        self.last_error = None
+
+    def failed(self, reason: str, now: float) -> None:
+        """Record a failed fetch; good keys are never wiped by it."""
+        self.retry_at = now + self.policy.cooldown
+        self.last_error = reason
+        if self.keys is not None and not self.usable_stale(now):
+            self.keys = None
+            self.etag = None
+
+    def retry_after(self, now: float) -> int:
+        return max(1, int(self.retry_at - now + 0.999))

@@ -1,0 +1,255 @@
+"""ResourceServer: one frozen configuration, the key sources and the verified-token cache."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import httpx
+from cachetools import TTLCache
+
+from .bearer import parse_authorization
+from .errors import AuthError, ConfigurationError, InsufficientScope
+from .fetch import KeySource, Transport, check_url
+from .keys import CachePolicy, KeyCache
+from .token import AccessToken
+from .verify import (
+    DEFAULT_ALGORITHMS,
+    RFC9068_REQUIRED,
+    SUPPORTED_ALGORITHMS,
+    ParsedToken,
+    VerifyOptions,
+    check_claims,
+    check_header,
+    check_issuer,
+    check_signature,
+    parse,
+)
+
+__all__ = ["ResourceServer"]
+
+
+def _strings(value: str | Iterable[str], what: str) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else tuple(value)
+    if not items or not all(isinstance(v, str) and v.strip() for v in items):
+        raise ConfigurationError(f"{what} must be a non-empty string or list of non-empty strings")
+    return items
+
+
+def _positive(value: float, what: str, *, zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ConfigurationError(f"{what} must be a number")
+    if value < 0 or (value == 0 and not zero):
+        raise ConfigurationError(f"{what} must be {'>= 0' if zero else '> 0'}")
+    return float(value)
+
+
+class ResourceServer:
+    """Verifies bearer access tokens for one API (one or more audiences) from trusted issuers.
+
+    ``authenticate()`` is for sync code (blocking I/O only when keys must be fetched);
+    ``authenticate_async()`` is its twin for the event loop. Both return an ``AccessToken`` or
+    raise an ``AuthError`` that renders itself as an HTTP response.
+    """
+
+    def __init__(
+        self,
+        issuer: str | Sequence[str],
+        audience: str | Sequence[str],
+        *,
+        jwks_uri: str | None = None,
+        algorithms: Iterable[str] = DEFAULT_ALGORITHMS,
+        leeway: float = 30.0,
+        require_typ: bool = False,
+        scope_claims: str | Sequence[str] = ("scope",),
+        required_claims: Sequence[str] = (),
+        realm: str | None = None,
+        max_token_length: int = 8192,
+        token_cache_size: int = 4096,
+        token_cache_ttl: float = 300.0,
+        jwks_ttl: float = 600.0,
+        jwks_min_ttl: float = 60.0,
+        jwks_max_ttl: float = 86400.0,
+        refetch_cooldown: float = 30.0,
+        max_stale: float = 3600.0,
+        fetch_timeout: float = 5.0,
+        http_client: httpx.Client | httpx.AsyncClient | None = None,
+        async_http_client: httpx.AsyncClient | None = None,
+        transport: Transport | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        issuers = _strings(issuer, "issuer")
+        for iss in issuers:
+            check_url(iss, "issuer")
+        if jwks_uri is not None:
+            check_url(jwks_uri, "jwks_uri")
+        algs = frozenset(_strings(tuple(algorithms), "algorithms"))
+        if algs - SUPPORTED_ALGORITHMS:
+            raise ConfigurationError(
+                f"unsupported algorithms {sorted(algs - SUPPORTED_ALGORITHMS)}; choose from "
+                f"{sorted(SUPPORTED_ALGORITHMS)} (none and HS* are never accepted)"
+            )
+        required = tuple(required_claims) + (RFC9068_REQUIRED if require_typ else ())
+        self.options = VerifyOptions(
+            issuers=frozenset(issuers),
+            audiences=frozenset(_strings(audience, "audience")),
+            algorithms=algs,
+            leeway=_positive(leeway, "leeway", zero=True),
+            require_typ=bool(require_typ),
+            scope_claims=_strings(scope_claims, "scope_claims"),
+            required_claims=tuple(dict.fromkeys(required)),
+        )
+        self.issuers = issuers
+        self.audiences = _strings(audience, "audience")
+        self.realm = realm if realm is not None else self.audiences[0]
+        if isinstance(max_token_length, bool) or not 512 <= max_token_length <= 1 << 20:
+            raise ConfigurationError("max_token_length must be between 512 and 1048576")
+        self.max_token_length = max_token_length
+        self._clock = clock
+        policy = CachePolicy(
+            default_ttl=_positive(jwks_ttl, "jwks_ttl"),
+            min_ttl=_positive(jwks_min_ttl, "jwks_min_ttl", zero=True),
+            max_ttl=_positive(jwks_max_ttl, "jwks_max_ttl"),
+            cooldown=_positive(refetch_cooldown, "refetch_cooldown", zero=True),
+            max_stale=_positive(max_stale, "max_stale", zero=True),
+        )
+        if not policy.min_ttl <= policy.default_ttl <= policy.max_ttl:
+            raise ConfigurationError("need jwks_min_ttl <= jwks_ttl <= jwks_max_ttl")
+        sync_client = http_client if isinstance(http_client, httpx.Client) else None
+        if isinstance(http_client, httpx.AsyncClient):
+            async_http_client = async_http_client or http_client
+        source_args: dict[str, Any] = {
+            "timeout": _positive(fetch_timeout, "fetch_timeout"),
+            "clock": clock,
+            "http_client": sync_client,
+            "async_http_client": async_http_client,
+            "transport": transport,
+        }
+        # One key source per issuer, unless one jwks_uri serves them all.
+        if jwks_uri is not None:
+            shared = KeySource(
+                issuer=issuers[0], jwks_uri=jwks_uri, cache=KeyCache(policy), **source_args
+            )
+            self._sources = dict.fromkeys(issuers, shared)
+        else:
+            self._sources = {
+                iss: KeySource(issuer=iss, jwks_uri=None, cache=KeyCache(policy), **source_args)
+                for iss in issuers
+            }
+        if isinstance(token_cache_size, bool) or token_cache_size < 0:
+            raise ConfigurationError("token_cache_size must be >= 0 (0 turns the cache off)")
+        self._token_cache: TTLCache[str, AccessToken] | None = None
+        if token_cache_size:
+            self._token_cache = TTLCache(
+                token_cache_size, _positive(token_cache_ttl, "token_cache_ttl"), timer=clock
+            )
+        self._token_cache_lock = threading.Lock()
+
+    @classmethod
+    def logto(
+        cls, endpoint: str | Sequence[str], audience: str | Sequence[str], **kwargs: Any
+    ) -> ResourceServer:
+        """A server for a Logto tenant: issuer ``<endpoint>/oidc``, RFC 9068 strictness on.
+
+        Pass several endpoints for a tenant reached through a custom domain too.
+        """
+        endpoints = _strings(endpoint, "endpoint")
+        kwargs.setdefault("require_typ", True)
+        return cls([e.rstrip("/") + "/oidc" for e in endpoints], audience, **kwargs)
+
+    # -- the public faces ---------------------------------------------------------------------
+
+    def authenticate(self, authorization: str | None) -> AccessToken:
+        """Verify the ``Authorization`` header value; blocking I/O only to fetch keys."""
+        try:
+            return self._verify(
+                parse_authorization(authorization, max_length=self.max_token_length)
+            )
+        except AuthError as exc:
+            raise self._with_realm(exc) from None
+
+    async def authenticate_async(self, authorization: str | None) -> AccessToken:
+        """The async twin of ``authenticate``: key fetches never block the event loop."""
+        try:
+            token = parse_authorization(authorization, max_length=self.max_token_length)
+            hit = self._cached(token)
+            if hit is not None:
+                return hit
+            parsed, alg, kid, iss = self._prepare(token)
+            key = await self._sources[iss].get_key_async(kid)
+            return self._finish(token, parsed, alg, key)
+        except AuthError as exc:
+            raise self._with_realm(exc) from None
+
+    def verify_token(self, token: str) -> AccessToken:
+        """Verify a raw token (no ``Bearer`` prefix), e.g. from a websocket subprotocol."""
+        try:
+            if len(token) > self.max_token_length:
+                from .errors import InvalidToken
+
+                raise InvalidToken("token too large")
+            return self._verify(token)
+        except AuthError as exc:
+            raise self._with_realm(exc) from None
+
+    def check_scopes(
+        self, token: AccessToken, scopes: str | Iterable[str], *, any_of: bool = False
+    ) -> None:
+        """``require_scopes`` with this server's realm in the challenge."""
+        required = tuple(scopes.split()) if isinstance(scopes, str) else tuple(scopes)
+        if not token.has_scopes(*required, any_of=any_of):
+            raise InsufficientScope(required, any_of=any_of, realm=self.realm)
+
+    def describe(self) -> str:
+        return f"ResourceServer(issuer={list(self.issuers)!r}, audience={list(self.audiences)!r})"
+
+    __repr__ = describe
+
+    # -- the steps, shared by both faces --------------------------------------------------------
+
+    def _with_realm(self, exc: AuthError) -> AuthError:
+        if exc.realm is None:
+            exc.realm = self.realm
+        return exc
+
+    def _verify(self, token: str) -> AccessToken:
+        hit = self._cached(token)
+        if hit is not None:
+            return hit
+        parsed, alg, kid, iss = self._prepare(token)
+        key = self._sources[iss].get_key(kid)
+        return self._finish(token, parsed, alg, key)
+
+    def _cached(self, token: str) -> AccessToken | None:
+        cache = self._token_cache
+        if cache is None:
+            return None
+        with self._token_cache_lock:
+            hit = cache.get(token)
+        # The entry never outlives the token: exp is checked again on every hit.
+        if hit is not None and self._clock() < hit.expires_at + self.options.leeway:
+            return hit
+        return None
+
+    def _prepare(self, token: str) -> tuple[ParsedToken, str, str | None, str]:
+        parsed = parse(token)
+        alg = check_header(parsed.header, self.options)
+        # iss picks the key source; it is checked against the configured set before any I/O.
+        iss = check_issuer(parsed.payload, self.options)
+        return parsed, alg, parsed.header.get("kid"), iss
+
+    def _finish(self, token: str, parsed: ParsedToken, alg: str, key: Any) -> AccessToken:
+        check_signature(parsed, alg, key)
+        now = self._clock()
+        access = check_claims(parsed.payload, self.options, now)
+        if self._token_cache is not None:
+            with self._token_cache_lock:
+                self._token_cache[token] = access
+        return access
+
+    @property
+    def key_sources(self) -> tuple[KeySource, ...]:
+        """The key sources (one per issuer, or one shared), for metrics and tests."""
+        return tuple(dict.fromkeys(self._sources.values()))
