@@ -6,7 +6,7 @@ import re
 
 from .errors import InvalidRequest, InvalidToken, MissingToken
 
-__all__ = ["parse_authorization"]
+__all__ = ["parse_authorization", "single_authorization"]
 
 # token68 (RFC 9110 section 11.2): 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -47,3 +47,10 @@ def parse_authorization(authorization: str | None, *, max_length: int) -> str:
     if not _TOKEN68.fullmatch(token):
         raise InvalidRequest("bearer credentials must be a single token68 value")
     return token
+
+
+def single_authorization(values: list[str]) -> str | None:
+    """The one Authorization header value of a request; several are an InvalidRequest."""
+    if len(values) > 1:
+        raise InvalidRequest("several authorization headers")
+    return values[0] if values else None

@@ -168,7 +168,7 @@ class ResourceServer:
                 parse_authorization(authorization, max_length=self.max_token_length)
             )
         except AuthError as exc:
-            raise self._with_realm(exc) from None
+            raise self.with_realm(exc) from None
 
     async def authenticate_async(self, authorization: str | None) -> AccessToken:
         """The async twin of ``authenticate``: key fetches never block the event loop."""
@@ -181,7 +181,7 @@ class ResourceServer:
             key = await self._sources[iss].get_key_async(kid)
             return self._finish(token, parsed, alg, key)
         except AuthError as exc:
-            raise self._with_realm(exc) from None
+            raise self.with_realm(exc) from None
 
     def verify_token(self, token: str) -> AccessToken:
         """Verify a raw token (no ``Bearer`` prefix), e.g. from a websocket subprotocol."""
@@ -192,7 +192,7 @@ class ResourceServer:
                 raise InvalidToken("token too large")
             return self._verify(token)
         except AuthError as exc:
-            raise self._with_realm(exc) from None
+            raise self.with_realm(exc) from None
 
     def check_scopes(
         self, token: AccessToken, scopes: str | Iterable[str], *, any_of: bool = False
@@ -209,7 +209,8 @@ class ResourceServer:
 
     # -- the steps, shared by both faces --------------------------------------------------------
 
-    def _with_realm(self, exc: AuthError) -> AuthError:
+    def with_realm(self, exc: AuthError) -> AuthError:
+        """Fill in this server's realm on an error raised elsewhere (e.g. by require_scopes)."""
         if exc.realm is None:
             exc.realm = self.realm
         return exc

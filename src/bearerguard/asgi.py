@@ -1,0 +1,121 @@
+"""A pure ASGI middleware: deny by default, path rules, websocket handshakes checked too.
+
+It never wraps ``receive``/``send`` on the way through, so streaming bodies pass untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from .errors import AuthError, InvalidRequest
+from .rules import Rule, RuleSet
+from .server import ResourceServer
+from .token import AccessToken
+
+__all__ = ["BearerAuthMiddleware", "TokenUser", "authorization_header"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class TokenUser:
+    """``request.user`` for a verified token (duck-types Starlette's ``BaseUser``)."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: AccessToken) -> None:
+        self.token = token
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.token.sub or self.token.client_id or ""
+
+    @property
+    def identity(self) -> str:
+        return self.display_name
+
+
+def authorization_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The one Authorization header of an ASGI scope; several are an InvalidRequest."""
+    found: str | None = None
+    for name, value in headers:
+        if name == b"authorization" or (len(name) == 13 and name.lower() == b"authorization"):
+            if found is not None:
+                raise InvalidRequest("several authorization headers")
+            found = value.decode("latin-1")
+    return found
+
+
+def error_response_parts(exc: AuthError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, raw headers and body of the response for ``exc``."""
+    body = exc.to_json().encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+    headers.append((b"cache-control", b"no-store"))
+    return exc.status_code, headers, body
+
+
+async def send_error(exc: AuthError, scope: Scope, send: Send) -> None:
+    """Answer ``exc`` on an HTTP or websocket scope."""
+    status, headers, body = error_response_parts(exc)
+    if scope["type"] == "websocket":
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            # Without the denial-response extension all a server can say is "closed".
+            await send({"type": "websocket.close", "code": 1008, "reason": exc.description})
+            return
+        prefix = "websocket.http.response"
+    else:
+        prefix = "http.response"
+    await send({"type": prefix + ".start", "status": status, "headers": headers})
+    await send({"type": prefix + ".body", "body": body})
+
+
+class BearerAuthMiddleware:
+    """Require a valid bearer token on every HTTP and websocket request, unless public.
+
+    ``BearerAuthMiddleware(app, server=rs, public=["/health"], rules=[Rule(...)])``. The
+    verified ``AccessToken`` goes to ``scope["auth"]`` (Starlette's ``request.auth``) and a
+    ``TokenUser`` to ``scope["user"]``. Lifespan and other scopes pass straight through.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        server: ResourceServer,
+        *,
+        public: Iterable[str] = (),
+        rules: Iterable[Rule] = (),
+    ) -> None:
+        self.app = app
+        self.server = server
+        self.rules = RuleSet(rules, public)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        method = scope.get("method", "GET") if kind == "http" else "GET"
+        requirement = self.rules.requirement(method, scope["path"])
+        if requirement.public:
+            scope["auth"] = None
+            await self.app(scope, receive, send)
+            return
+        try:
+            token = await self.server.authenticate_async(authorization_header(scope["headers"]))
+            if requirement.scopes:
+                self.server.check_scopes(token, requirement.scopes, any_of=requirement.any_of)
+        except AuthError as exc:
+            await send_error(self.server.with_realm(exc), scope, send)
+            return
+        scope["auth"] = token
+        scope["user"] = TokenUser(token)
+        await self.app(scope, receive, send)
