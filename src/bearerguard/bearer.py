@@ -9,7 +9,7 @@ from .errors import InvalidRequest, InvalidToken, MissingToken
 __all__ = ["parse_authorization", "single_authorization"]
 
 # token68 (RFC 9110 section 11.2): 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
-_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _SCHEME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
@@ -30,9 +30,16 @@ def parse_authorization(authorization: str | None, *, max_length: int) -> str:
     """
     if authorization is None or authorization.strip() == "":
         raise MissingToken()
-    # Fast path: the common, well-formed header.
+    # Fast path: the common, well-formed header. Its token68 check is left to decoding, which
+    # accepts only base64url; ResourceServer turns a failure on a non-token68 value into
+    # InvalidRequest, so the regex runs only for bad tokens.
     if authorization.startswith("Bearer ") and " " not in authorization[7:]:
         token = authorization[7:]
+        if len(token) > max_length:
+            raise InvalidToken("token too large")
+        if not token:
+            raise InvalidRequest("bearer token is empty")
+        return token
     else:
         try:
             scheme, token = split_scheme(authorization.strip(" \t"))
@@ -44,7 +51,7 @@ def parse_authorization(authorization: str | None, *, max_length: int) -> str:
             raise InvalidRequest("bearer token is empty")
     if len(token) > max_length:
         raise InvalidToken("token too large")
-    if not _TOKEN68.fullmatch(token):
+    if not TOKEN68.fullmatch(token):
         raise InvalidRequest("bearer credentials must be a single token68 value")
     return token
 

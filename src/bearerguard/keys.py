@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PublicKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 __all__ = ["HASHES", "CachePolicy", "KeyCache", "KeySet", "VerificationKey"]
@@ -44,13 +46,54 @@ class JWKSError(ValueError):
     """A JWKS document that cannot be used at all."""
 
 
+Verifier = Callable[[bytes, bytes], None]  # (signature, signing input); raises on mismatch
+
+
+def _verifier(public: PublicKey, alg: str) -> Verifier:
+    """A verify function with key, algorithm, hash and padding fixed once, at key load.
+
+    ECDSA signatures arrive as fixed-size r||s (RFC 7518 3.4); any other length, including a
+    DER-encoded signature, fails before cryptography is asked.
+    """
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        size = (public.curve.key_size + 7) // 8
+        ecdsa = ec.ECDSA(HASHES[alg]())
+        verify_ec = public.verify
+
+        def check_ec(sig: bytes, data: bytes) -> None:
+            if len(sig) != 2 * size:
+                raise InvalidSignature
+            r = int.from_bytes(sig[:size], "big")
+            s = int.from_bytes(sig[size:], "big")
+            verify_ec(encode_dss_signature(r, s), data, ecdsa)
+
+        return check_ec
+    if isinstance(public, rsa.RSAPublicKey):
+        hash_alg = HASHES[alg]()
+        pad: padding.AsymmetricPadding = (
+            padding.PSS(mgf=padding.MGF1(hash_alg), salt_length=hash_alg.digest_size)
+            if alg.startswith("PS")
+            else padding.PKCS1v15()
+        )
+        verify_rsa = public.verify
+        return lambda sig, data: verify_rsa(sig, data, pad, hash_alg)
+    return public.verify
+
+
 @dataclass(frozen=True)
 class VerificationKey:
-    """One usable public key: its kid and the algorithms it may verify."""
+    """One usable public key: its kid, the algorithms it may verify, one verifier for each."""
 
     kid: str | None
     algorithms: frozenset[str]
     public_key: PublicKey
+    verifiers: Mapping[str, Verifier] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def build(
+        cls, kid: str | None, algorithms: frozenset[str], public: PublicKey
+    ) -> VerificationKey:
+        return cls(kid, algorithms, public, {alg: _verifier(public, alg) for alg in algorithms})
 
 
 def _key_algorithms(jwk: Mapping[str, Any], public: PublicKey) -> frozenset[str]:
@@ -101,7 +144,7 @@ def load_jwk(jwk: Any) -> VerificationKey | None:
     algorithms = _key_algorithms(jwk, public)
     if not algorithms:
         return None
-    return VerificationKey(kid, algorithms, public)
+    return VerificationKey.build(kid, algorithms, public)
 
 
 class KeySet:

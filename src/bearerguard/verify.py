@@ -7,23 +7,18 @@ the key lookup in between.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
-import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PublicKey
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from .errors import ConfigurationError, InvalidToken
-from .keys import HASHES, VerificationKey
+from .keys import VerificationKey
 from .token import AccessToken
 
 __all__ = [
@@ -33,7 +28,10 @@ __all__ = [
     "check_claims",
     "check_header",
     "check_signature",
+    "decode_segment",
+    "decode_signature",
     "parse",
+    "split",
 ]
 
 DEFAULT_ALGORITHMS: tuple[str, ...] = (
@@ -54,7 +52,6 @@ PLAIN_TYPES = frozenset({"jwt", "application/jwt"}) | ACCESS_TOKEN_TYPES
 RFC9068_REQUIRED = ("sub", "client_id", "iat", "jti")
 # Header parameters whose meaning we understand; anything in "crit" outside this set is fatal.
 _UNDERSTOOD_CRIT: frozenset[str] = frozenset()
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True)
@@ -96,13 +93,33 @@ class ParsedToken:
     signature: bytes
 
 
+if sys.version_info >= (3, 11):
+
+    def _a2b(data: str) -> bytes:
+        return binascii.a2b_base64(data, strict_mode=True)
+
+else:  # pragma: no cover - Python 3.10 has no strict mode: check the alphabet first
+    _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+    def _a2b(data: str) -> bytes:
+        if not _BASE64.fullmatch(data) or len(data) % 4:
+            raise binascii.Error("invalid base64")
+        return binascii.a2b_base64(data)
+
+
 def _b64decode(segment: str) -> bytes:
-    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
+    # Callers have excluded "+", "/" and "=", so after the swap strict base64 accepts exactly
+    # the unpadded base64url alphabet (and is ~3x faster than base64.urlsafe_b64decode).
+    if len(segment) % 4 == 1:
         raise InvalidToken("token is not valid base64url")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        return _a2b(segment.replace("-", "+").replace("_", "/") + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError):
         raise InvalidToken("token is not valid base64url") from None
+
+
+def decode_signature(segment: str) -> bytes:
+    return _b64decode(segment)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -116,13 +133,13 @@ def _reject_constant(name: str) -> Any:
     raise InvalidToken("token JSON is not valid")
 
 
+# One decoder, built once: json.loads(..., object_pairs_hook=...) builds a new one per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+
+
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_reject_constant,
-        )
+        obj = _DECODER.decode(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise InvalidToken(f"token {what} is not valid JSON") from None
     if not isinstance(obj, dict):
@@ -130,16 +147,28 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     return obj
 
 
-def parse(token: str) -> ParsedToken:
-    """Split a compact JWS into its decoded header, payload and signature."""
+def split(token: str) -> tuple[str, str, str]:
+    """The three segments of a compact JWS, each checked to be base64url text."""
+    if not token.isascii() or "+" in token or "/" in token or "=" in token:
+        raise InvalidToken("token is not valid base64url")
     parts = token.split(".")
     if len(parts) != 3:
         raise InvalidToken("token must have three segments")
-    h, p, s = parts
-    if not s:
+    if not parts[2]:
         raise InvalidToken("token is not signed")
-    header = _json_object(_b64decode(h), "header")
-    payload = _json_object(_b64decode(p), "payload")
+    return parts[0], parts[1], parts[2]
+
+
+def decode_segment(segment: str, what: str) -> dict[str, Any]:
+    """A header or payload segment as a JSON object (duplicate names rejected)."""
+    return _json_object(_b64decode(segment), what)
+
+
+def parse(token: str) -> ParsedToken:
+    """Split a compact JWS into its decoded header, payload and signature."""
+    h, p, s = split(token)
+    header = decode_segment(h, "header")
+    payload = decode_segment(p, "payload")
     return ParsedToken(header, payload, f"{h}.{p}".encode("ascii"), _b64decode(s))
 
 
@@ -178,44 +207,30 @@ def check_header(header: Mapping[str, Any], options: VerifyOptions) -> str:
 
 def check_signature(parsed: ParsedToken, alg: str, key: VerificationKey) -> None:
     """Verify the signature with ``key``, whose type and curve must fit ``alg``."""
-    if alg not in key.algorithms:
+    verifier = key.verifiers.get(alg)
+    if verifier is None:
         raise InvalidToken("signing key does not fit the token's algorithm")
-    sig, data, public = parsed.signature, parsed.signing_input, key.public_key
     try:
-        if isinstance(public, ec.EllipticCurvePublicKey):
-            size = (public.curve.key_size + 7) // 8
-            if len(sig) != 2 * size:
-                raise InvalidSignature
-            r = int.from_bytes(sig[:size], "big")
-            s = int.from_bytes(sig[size:], "big")
-            public.verify(encode_dss_signature(r, s), data, ec.ECDSA(HASHES[alg]()))
-        elif isinstance(public, rsa.RSAPublicKey):
-            hash_alg = HASHES[alg]()
-            pad: padding.AsymmetricPadding
-            if alg.startswith("PS"):
-                pad = padding.PSS(mgf=padding.MGF1(hash_alg), salt_length=hash_alg.digest_size)
-            else:
-                pad = padding.PKCS1v15()
-            public.verify(sig, data, pad, hash_alg)
-        elif isinstance(public, (Ed25519PublicKey, Ed448PublicKey)):
-            public.verify(sig, data)
-        else:  # pragma: no cover - keys.py only builds the types above
-            raise InvalidSignature
+        verifier(parsed.signature, parsed.signing_input)
     except InvalidSignature:
         raise InvalidToken("signature verification failed") from None
 
 
-def _numeric_date(payload: Mapping[str, Any], name: str) -> float | None:
-    value = payload.get(name)
-    if value is None and name not in payload:
-        return None
-    # bool is an int subclass: exclude it explicitly; strings are never NumericDates.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+_MAX_SAFE = 2**53
+
+
+def _numeric_date(value: Any, name: str) -> float:
+    """A JSON number, finite (RFC 7519 NumericDate); never a string or a boolean."""
+    kind = type(value)  # exact type: bool is an int subclass and must not pass
+    if kind is int:
+        if -_MAX_SAFE < value < _MAX_SAFE:
+            return value  # type: ignore[no-any-return]
+    elif kind is float:
+        if value - value == 0.0:  # false for inf and nan (json reads 1e400 as inf)
+            return value  # type: ignore[no-any-return]
+    else:
         raise InvalidToken(f"{name} must be a number")
-    result = float(value) if isinstance(value, float) or abs(value) < 2**53 else math.inf
-    if not math.isfinite(result):
-        raise InvalidToken(f"{name} must be a finite number")
-    return result
+    raise InvalidToken(f"{name} must be a finite number")
 
 
 def _scopes(payload: Mapping[str, Any], claims: tuple[str, ...]) -> frozenset[str]:
@@ -258,16 +273,14 @@ def check_claims(payload: dict[str, Any], options: VerifyOptions, now: float) ->
     if options.audiences.isdisjoint(audience):
         raise InvalidToken("audience mismatch")
 
-    exp = _numeric_date(payload, "exp")
-    if exp is None:
+    if "exp" not in payload:
         raise InvalidToken("expiry (exp) missing")
-    if now >= exp + options.leeway:
+    leeway = options.leeway
+    if now >= _numeric_date(payload["exp"], "exp") + leeway:
         raise InvalidToken("token expired")
-    nbf = _numeric_date(payload, "nbf")
-    if nbf is not None and now + options.leeway < nbf:
+    if "nbf" in payload and now + leeway < _numeric_date(payload["nbf"], "nbf"):
         raise InvalidToken("token not yet valid")
-    iat = _numeric_date(payload, "iat")
-    if iat is not None and now + options.leeway < iat:
+    if "iat" in payload and now + leeway < _numeric_date(payload["iat"], "iat"):
         raise InvalidToken("token issued in the future")
 
     for name in options.required_claims:
