@@ -1,0 +1,240 @@
+"""A Flask extension: ``@guard.require("read:products")`` beside the route, or deny by default.
+
+::
+
+    app.config.update(BEARERGUARD_ISSUER="https://tenant.logto.app/oidc",
+                      BEARERGUARD_AUDIENCE="https://shopping.api")
+    guard = BearerGuard(app)
+
+    @app.get("/products")
+    @guard.require("read:products")
+    def products(): return [...]   # current_token() / flask.g.access_token hold the token
+
+Verification is synchronous (keys are fetched with a blocking ``httpx.Client`` when needed) and
+the extension keeps no per-request state of its own, so threaded servers are fine.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar, cast
+
+from flask import Flask, Response, current_app, g, has_request_context, request
+
+from .bearer import single_authorization
+from .errors import AuthError, ConfigurationError
+from .rules import Rule, RuleSet
+from .server import ResourceServer
+from .token import AccessToken
+from .wsgi import ENVIRON_KEY
+
+__all__ = ["BearerGuard", "current_token", "error_response", "server_from_config"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXTENSION_KEY = "bearerguard"
+CONFIG_PREFIX = "BEARERGUARD_"
+# ResourceServer keyword arguments readable from app.config as BEARERGUARD_<NAME>.
+_CONFIG_OPTIONS = (
+    "jwks_uri",
+    "algorithms",
+    "leeway",
+    "require_typ",
+    "scope_claims",
+    "required_claims",
+    "realm",
+    "max_token_length",
+    "token_cache_size",
+    "token_cache_ttl",
+    "jwks_ttl",
+    "jwks_min_ttl",
+    "jwks_max_ttl",
+    "refetch_cooldown",
+    "max_stale",
+    "fetch_timeout",
+    "http_client",
+    "transport",
+)
+
+
+def server_from_config(config: Mapping[str, Any]) -> ResourceServer:
+    """Build a ``ResourceServer`` from ``BEARERGUARD_*`` settings.
+
+    Required: ``BEARERGUARD_ISSUER`` and ``BEARERGUARD_AUDIENCE`` (a string or a list of
+    strings). Optional, each the ``ResourceServer`` argument of the same name:
+    ``BEARERGUARD_JWKS_URI``, ``_ALGORITHMS``, ``_LEEWAY``, ``_REQUIRE_TYP`` (set it for Logto:
+    RFC 9068 ``at+jwt`` tokens), ``_SCOPE_CLAIMS``, ``_REQUIRED_CLAIMS``, ``_REALM``,
+    ``_MAX_TOKEN_LENGTH``, ``_TOKEN_CACHE_SIZE``, ``_TOKEN_CACHE_TTL``, ``_JWKS_TTL``,
+    ``_JWKS_MIN_TTL``, ``_JWKS_MAX_TTL``, ``_REFETCH_COOLDOWN``, ``_MAX_STALE``,
+    ``_FETCH_TIMEOUT``, ``_HTTP_CLIENT`` (an ``httpx.Client``) and ``_TRANSPORT`` (an httpx
+    transport). An unknown ``BEARERGUARD_*`` key is a ``ConfigurationError`` (a typo would
+    otherwise silently weaken the configuration).
+    """
+    known = {CONFIG_PREFIX + name.upper() for name in ("issuer", "audience", *_CONFIG_OPTIONS)}
+    unknown = sorted(k for k in config if k.startswith(CONFIG_PREFIX) and k not in known)
+    if unknown:
+        raise ConfigurationError(f"unknown bearerguard settings: {', '.join(unknown)}")
+    missing = [k for k in ("ISSUER", "AUDIENCE") if config.get(CONFIG_PREFIX + k) is None]
+    if missing:
+        names = " and ".join(CONFIG_PREFIX + k for k in missing)
+        raise ConfigurationError(f"set {names} in app.config, or pass server= to BearerGuard")
+    kwargs = {
+        name: config[CONFIG_PREFIX + name.upper()]
+        for name in _CONFIG_OPTIONS
+        if config.get(CONFIG_PREFIX + name.upper()) is not None
+    }
+    return ResourceServer(
+        config[CONFIG_PREFIX + "ISSUER"], config[CONFIG_PREFIX + "AUDIENCE"], **kwargs
+    )
+
+
+def error_response(exc: AuthError) -> Response:
+    """The Flask response for ``exc``: status, WWW-Authenticate, Retry-After, JSON body."""
+    headers = dict(exc.headers)
+    headers["Cache-Control"] = "no-store"
+    response: Response = current_app.response_class(
+        exc.to_json(), status=exc.status_code, headers=headers, mimetype="application/json"
+    )
+    return response
+
+
+def current_token() -> AccessToken:
+    """The verified ``AccessToken`` of the current request.
+
+    Raises ``RuntimeError`` outside a request, or in a request no bearerguard check accepted.
+    """
+    if not has_request_context():
+        raise RuntimeError("current_token() needs a request context")
+    token = request.environ.get(ENVIRON_KEY)
+    if not isinstance(token, AccessToken):
+        raise RuntimeError("no verified access token: this request is not protected by bearerguard")
+    return token
+
+
+class BearerGuard:
+    """Bearer-token protection for a Flask app (``init_app`` pattern).
+
+    ``guard = BearerGuard(app)`` reads ``BEARERGUARD_*`` settings from ``app.config`` (see
+    ``server_from_config``); ``BearerGuard(app, server=rs)`` uses a ready ``ResourceServer``.
+    The server is built once per app and kept in ``app.extensions["bearerguard"]``.
+
+    - ``@guard.require("read:products")``: a valid token holding the scopes (all of them;
+      ``any_of=True``: one is enough); ``@guard.require()``: any valid token. Works on view
+      functions, blueprint views, ``MethodView`` methods and in a view class's ``decorators``.
+    - ``protect_all=True``: deny by default. Every request needs a valid token unless its
+      endpoint (``"health"``, ``"bp.status"``) or path (``"/health"``, ``"/static/*"``) is in
+      ``public``; ``rules`` add path/method scopes as in the middleware. Unknown URLs need a
+      token too (401 before 404).
+
+    The token is in ``flask.g.access_token`` and ``current_token()``. Errors are answered with
+    bearerguard's JSON responses; an ``AuthError`` raised in a view (e.g. by
+    ``require_scopes(current_token(), ...)``) is rendered the same way.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        server: ResourceServer | None = None,
+        *,
+        protect_all: bool = False,
+        public: Iterable[str] = (),
+        rules: Iterable[Rule] = (),
+    ) -> None:
+        self._server = server
+        self.protect_all = protect_all
+        public = [public] if isinstance(public, str) else list(public)
+        rules = list(rules)
+        if (public or rules) and not protect_all:
+            raise ConfigurationError("public= and rules= apply only with protect_all=True")
+        self.public_endpoints = frozenset(p for p in public if not p.startswith("/"))
+        self.rules = RuleSet(rules, [p for p in public if p.startswith("/")])
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Attach to ``app``: build (or reuse) its server, register the error handler."""
+        if EXTENSION_KEY not in app.extensions:
+            app.extensions[EXTENSION_KEY] = self._server or server_from_config(app.config)
+            app.register_error_handler(AuthError, _handle_auth_error)
+        if self.protect_all:
+            app.before_request(self._protect)
+
+    @property
+    def server(self) -> ResourceServer:
+        """The server of this guard, or of the current app."""
+        if self._server is not None:
+            return self._server
+        server = current_app.extensions.get(EXTENSION_KEY)
+        if not isinstance(server, ResourceServer):
+            raise RuntimeError("BearerGuard.init_app(app) was not called for this app")
+        return server
+
+    def require(self, *scopes: str, any_of: bool = False) -> Callable[[F], F]:
+        """A view decorator: a valid token with ``scopes`` (all, or one with ``any_of``).
+
+        ``@guard.require("a b")`` is ``@guard.require("a", "b")``. The check passes through
+        ``authorize`` and returns bearerguard's error response instead of calling the view.
+        """
+        required = tuple(s for scope in scopes for s in scope.split())
+
+        def decorate(view: F) -> F:
+            if inspect.iscoroutinefunction(view):
+
+                @functools.wraps(view)
+                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    denied = self.authorize(required, any_of=any_of)
+                    if denied is not None:
+                        return denied
+                    return await view(*args, **kwargs)
+
+                return cast(F, async_wrapper)
+
+            @functools.wraps(view)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                denied = self.authorize(required, any_of=any_of)
+                if denied is not None:
+                    return denied
+                return view(*args, **kwargs)
+
+            return cast(F, wrapper)
+
+        return decorate
+
+    def authorize(
+        self, scopes: str | Iterable[str] = (), *, any_of: bool = False
+    ) -> Response | None:
+        """Check the current request: ``None`` when it may proceed, else the error response.
+
+        A token already verified for this request (by ``protect_all`` or the WSGI middleware)
+        is reused, so only the scopes are checked again.
+        """
+        server = self.server
+        try:
+            token = request.environ.get(ENVIRON_KEY)
+            if not isinstance(token, AccessToken):
+                header = single_authorization(request.headers.getlist("Authorization"))
+                token = server.authenticate(header)
+            required = tuple(scopes.split()) if isinstance(scopes, str) else tuple(scopes)
+            if required:
+                server.check_scopes(token, required, any_of=any_of)
+        except AuthError as exc:
+            return error_response(server.with_realm(exc))
+        request.environ[ENVIRON_KEY] = token
+        g.access_token = token
+        return None
+
+    def _protect(self) -> Response | None:
+        requirement = self.rules.requirement(request.method, request.path)
+        if requirement.public or request.endpoint in self.public_endpoints:
+            g.access_token = None
+            return None
+        return self.authorize(requirement.scopes, any_of=requirement.any_of)
+
+
+def _handle_auth_error(exc: AuthError) -> Response:
+    server = current_app.extensions.get(EXTENSION_KEY)
+    if isinstance(server, ResourceServer):
+        server.with_realm(exc)
+    return error_response(exc)

@@ -1,0 +1,87 @@
+"""A WSGI middleware: deny by default, path/method scope rules, the same model as ``asgi.py``.
+
+It returns the wrapped app's response iterable itself (never wrapped or buffered), so streamed
+bodies and ``close()`` pass through untouched.
+
+WSGI cannot show several ``Authorization`` headers: servers join them into one value with
+``","`` or ``", "``. A comma is not token68, so the joined form is answered 400
+invalid_request, as several headers are in ASGI. Some servers (Apache mod_wsgi) drop the
+header unless told to pass it on (``WSGIPassAuthorization On``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from .errors import AuthError
+from .rules import Rule, RuleSet
+from .server import ResourceServer
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["ENVIRON_KEY", "BearerAuthMiddleware", "error_response_parts", "request_path"]
+
+#: Where the verified ``AccessToken`` goes in the WSGI environ (``None`` on public paths).
+ENVIRON_KEY = "bearerguard.token"
+
+
+def request_path(environ: WSGIEnvironment) -> str:
+    """``PATH_INFO`` as the app routes on it: PEP 3333 latin-1 text decoded back to UTF-8."""
+    raw: str = environ.get("PATH_INFO") or "/"
+    try:
+        return raw.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a server that already decoded it
+        return raw
+
+
+def error_response_parts(exc: AuthError) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Status line, headers and body of the response for ``exc``."""
+    body = exc.to_json().encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    headers += list(exc.headers.items())
+    headers.append(("Cache-Control", "no-store"))
+    status = f"{exc.status_code} {HTTPStatus(exc.status_code).phrase}"
+    return status, headers, body
+
+
+class BearerAuthMiddleware:
+    """Require a valid bearer token on every request, unless its path is public.
+
+    ``app.wsgi_app = BearerAuthMiddleware(app.wsgi_app, server=rs, public=["/health"],
+    rules=[Rule("/products", methods=["POST"], scopes="write:products")])``. Paths are matched
+    against ``PATH_INFO`` (the path below the mount point). The verified ``AccessToken`` goes to
+    ``environ["bearerguard.token"]``; a rejected request never reaches the app.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        server: ResourceServer,
+        *,
+        public: Iterable[str] = (),
+        rules: Iterable[Rule] = (),
+    ) -> None:
+        self.app = app
+        self.server = server
+        self.rules = RuleSet(rules, public)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        requirement = self.rules.requirement(method, request_path(environ))
+        if requirement.public:
+            environ[ENVIRON_KEY] = None
+            return self.app(environ, start_response)
+        try:
+            # One header at most: several arrive joined with commas and fail token68 parsing.
+            token = self.server.authenticate(environ.get("HTTP_AUTHORIZATION"))
+            if requirement.scopes:
+                self.server.check_scopes(token, requirement.scopes, any_of=requirement.any_of)
+        except AuthError as exc:
+            status, headers, body = error_response_parts(self.server.with_realm(exc))
+            start_response(status, headers)
+            return [body]
+        environ[ENVIRON_KEY] = token
+        return self.app(environ, start_response)
