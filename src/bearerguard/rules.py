@@ -75,12 +75,12 @@ class RuleSet:
     """An ordered list of rules; the first match wins, no match means 'valid token needed'."""
 
     def __init__(self, rules: Iterable[Rule] = (), public: Iterable[str] = ()) -> None:
-        self.rules = tuple(Rule(p, public=True) for p in public) + tuple(rules)
-        # Exact, method-free public paths (the common /health) are answered by a set lookup.
+        public_rules = tuple(Rule(p, public=True) for p in public)
+        self.rules = public_rules + tuple(rules)
+        # ``public`` paths come first, so exact ones (the common /health) can be answered by
+        # a set lookup without changing first-match-wins.
         self._public_exact = frozenset(
-            r.path
-            for r in self.rules
-            if r.public and r.methods is None and "{" not in r.path and not r.path.endswith("/*")
+            r.path for r in public_rules if "{" not in r.path and not r.path.endswith("/*")
         )
 
     def requirement(self, method: str, path: str) -> Requirement:
