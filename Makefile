@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest clean
+.PHONY: install test lint typecheck pytest demo serve bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,21 @@ pytest: install
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
+
+demo: install
+	$(BIN)/python examples/demo.py
+
+serve: install
+	$(BIN)/python examples/demo.py --serve
+
+# Benchmarks (not part of make test): peers come from the bench extra, wrk from Debian.
+bench: install
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
+		|| echo "wrk unavailable: HTTP throughput is skipped"
+	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/jwks.py
+	if command -v wrk >/dev/null; then $(BIN)/python bench/throughput.py; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
