@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from starlette.authentication import BaseUser, UnauthenticatedUser
+
 from .errors import AuthError, InvalidRequest
 from .rules import Rule, RuleSet
 from .server import ResourceServer
@@ -22,8 +24,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class TokenUser:
-    """``request.user`` for a verified token (duck-types Starlette's ``BaseUser``)."""
+class TokenUser(BaseUser):
+    """``request.user`` for a verified token; ``.token`` is the ``AccessToken``."""
 
     __slots__ = ("token",)
 
@@ -41,6 +43,9 @@ class TokenUser:
     @property
     def identity(self) -> str:
         return self.display_name
+
+
+ANONYMOUS = UnauthenticatedUser()
 
 
 def authorization_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
@@ -107,6 +112,7 @@ class BearerAuthMiddleware:
         requirement = self.rules.requirement(method, scope["path"])
         if requirement.public:
             scope["auth"] = None
+            scope["user"] = ANONYMOUS  # request.user works on public paths too
             await self.app(scope, receive, send)
             return
         try:
