@@ -41,6 +41,7 @@ def port(preferred: int) -> int:
     """``preferred`` when it is free on 127.0.0.1, else any free port."""
     for candidate in (preferred, 0):
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", candidate))
             except OSError:
@@ -186,6 +187,26 @@ class Walk:
         )
         self.check("who am I?", self.http.get(url + "/whoami", headers=bearer), 200)
 
+    def client(self, issuer: str, app: dict[str, Any], url: str) -> None:
+        """What a real M2M service does: an httpx client with ClientCredentialsAuth."""
+        from bearerguard.client import ClientCredentialsAuth
+
+        print(f"\n{BOLD}== an M2M service using bearerguard.client.ClientCredentialsAuth =={RESET}")
+        auth = ClientCredentialsAuth(
+            issuer=issuer,
+            client_id=app["id"],
+            client_secret=app["secret"],
+            resource=RESOURCE,
+            scope="read:products",
+        )
+        with httpx.Client(auth=auth, timeout=20) as service:
+            for i in range(3):
+                self.check(
+                    f"call {i + 1} (token fetched once, then reused)",
+                    service.get(url + "/products"),
+                    200,
+                )
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -271,6 +292,7 @@ def main() -> int:
                     reader["access_token"],
                     reader.get("scope", ""),
                 )
+            walk.client(issuer, registry["stats-service"], fastapi_url)
         except StepFailed as exc:
             print(f"\n{RED}demo failed: {exc}{RESET}", file=sys.stderr)
             return 1

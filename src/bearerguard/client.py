@@ -1,0 +1,373 @@
+"""Client credentials for services calling a protected API: an ``httpx.Auth``, sync and async.
+
+::
+
+    auth = ClientCredentialsAuth(
+        issuer="https://tenant.logto.app/oidc",  # or token_endpoint=...
+        client_id="...", client_secret="...",
+        resource="https://shopping.api", scope=["read:products"],
+    )
+    with httpx.Client(auth=auth) as client:
+        client.get("https://api.example/products")
+
+The token is fetched once (HTTP Basic, RFC 6749 section 4.4, RFC 8707 ``resource``) and reused
+until shortly before it expires; concurrent requests share one refresh. An API answering 401
+``invalid_token`` gets one retry with a fresh token. As in ``fetch.py``, the token request is
+written once as a generator that the sync and the async face drive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import threading
+import time
+import weakref
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote_plus
+
+import httpx
+
+from .errors import ConfigurationError
+from .fetch import USER_AGENT, check_url, discovery_urls
+
+__all__ = ["ClientCredentialsAuth", "TokenRequestError", "fetch_token"]
+
+DEFAULT_LIFETIME = 300.0  # when the token endpoint names no expires_in
+_INVALID_TOKEN = re.compile(r"""\berror\s*=\s*"?invalid_token\b""", re.IGNORECASE)
+Transport = httpx.BaseTransport | httpx.AsyncBaseTransport
+
+
+class TokenRequestError(Exception):
+    """The token endpoint refused (or could not be asked for) a token.
+
+    ``error`` is the OAuth error code the endpoint sent (``invalid_client``, ``invalid_target``,
+    ...) or, when it sent none: ``invalid_response`` (not a usable token response),
+    ``discovery_failed`` (no token endpoint found for the issuer) or ``request_failed``
+    (the endpoint could not be reached). ``status_code`` is the HTTP status, when there was one.
+    """
+
+    def __init__(self, error: str, description: str = "", status_code: int | None = None) -> None:
+        self.error = error
+        self.description = description
+        self.status_code = status_code
+        status = f" (HTTP {status_code})" if status_code is not None else ""
+        super().__init__(f"{error}: {description}{status}" if description else error + status)
+
+
+@dataclass(frozen=True)
+class _Token:
+    value: str
+    refresh_at: float  # by the auth's clock
+    response: dict[str, Any]
+
+
+def _basic(client_id: str, client_secret: str) -> str:
+    """HTTP Basic credentials, id and secret form-urlencoded first (RFC 6749 section 2.3.1)."""
+    raw = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return json.loads(response.content)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _lifetime(value: Any) -> float | None:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        return None
+    return float(value)
+
+
+def _rejected(response: httpx.Response) -> bool:
+    """A 401 whose Bearer challenge says the token is no good (RFC 6750 section 3.1)."""
+    return response.status_code == 401 and any(
+        _INVALID_TOKEN.search(v) for v in response.headers.get_list("www-authenticate")
+    )
+
+
+class ClientCredentialsAuth(httpx.Auth):
+    """An ``httpx.Auth`` adding a client-credentials access token to every request.
+
+    Give ``token_endpoint``, or ``issuer`` to find it by discovery (OIDC, then RFC 8414).
+    ``scope`` is a space-delimited string or a list. The token is refreshed ``margin``
+    seconds before it expires (at most a tenth of its lifetime). Token requests go through
+    ``http_client`` / ``async_http_client`` if given, else a short-lived client using
+    ``transport``.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: str,
+        token_endpoint: str | None = None,
+        issuer: str | None = None,
+        resource: str | None = None,
+        scope: str | Sequence[str] | None = None,
+        margin: float = 60.0,
+        timeout: float = 10.0,
+        transport: Transport | None = None,
+        http_client: httpx.Client | None = None,
+        async_http_client: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if (token_endpoint is None) == (issuer is None):
+            raise ConfigurationError("give either token_endpoint or issuer (for discovery)")
+        if not client_id or not client_secret:
+            raise ConfigurationError("client_id and client_secret must be non-empty")
+        if not margin >= 0 or not timeout > 0:
+            raise ConfigurationError("margin must be >= 0 and timeout > 0 (seconds)")
+        self.issuer = check_url(issuer, "issuer") if issuer is not None else None
+        self.token_endpoint = (
+            check_url(token_endpoint, "token_endpoint") if token_endpoint is not None else None
+        )
+        self.client_id = client_id
+        self.resource = resource
+        self.scope = scope if scope is None or isinstance(scope, str) else " ".join(scope)
+        self.margin = margin
+        self.timeout = timeout
+        self.transport = transport
+        self.http_client = http_client
+        self.async_http_client = async_http_client
+        self.clock = clock
+        self._authorization = _basic(client_id, client_secret)
+        self._token: _Token | None = None
+        self._lock = threading.Lock()
+        self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        where = self.token_endpoint or self.issuer
+        return f"ClientCredentialsAuth(client_id={self.client_id!r}, at={where!r})"
+
+    # -- the faces httpx drives -------------------------------------------------------------------
+
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self._get_sync()
+        request.headers["Authorization"] = f"Bearer {token.value}"
+        response = yield request
+        if _rejected(response):
+            self._forget(token)
+            if isinstance(request.stream, httpx.ByteStream):  # a body we can send again
+                request.headers["Authorization"] = f"Bearer {self._get_sync().value}"
+                yield request
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        token = await self._get_async()
+        request.headers["Authorization"] = f"Bearer {token.value}"
+        response = yield request
+        if _rejected(response):
+            self._forget(token)
+            if isinstance(request.stream, httpx.ByteStream):
+                request.headers["Authorization"] = f"Bearer {(await self._get_async()).value}"
+                yield request
+
+    def get_token(self) -> str:
+        """A valid access token (cached or freshly fetched), for callers outside httpx."""
+        return self._get_sync().value
+
+    async def aget_token(self) -> str:
+        """The async twin of ``get_token``."""
+        return (await self._get_async()).value
+
+    # -- the token cache ------------------------------------------------------------------------
+
+    def _cached(self) -> _Token | None:
+        token = self._token
+        return token if token is not None and self.clock() < token.refresh_at else None
+
+    def _forget(self, token: _Token) -> None:
+        if self._token is token:
+            self._token = None
+
+    def _get_sync(self) -> _Token:
+        token = self._cached()
+        if token is not None:
+            return token
+        with self._lock:  # one refresh in flight across threads
+            token = self._cached()
+            if token is None:
+                token = self._token = self._run_sync()
+            return token
+
+    async def _get_async(self) -> _Token:
+        token = self._cached()
+        if token is not None:
+            return token
+        loop = asyncio.get_running_loop()
+        lock = self._async_locks.get(loop)
+        if lock is None:
+            lock = self._async_locks[loop] = asyncio.Lock()
+        async with lock:  # one refresh in flight across tasks
+            token = self._cached()
+            if token is None:
+                token = self._token = await self._run_async()
+            return token
+
+    # -- the token request, written once ----------------------------------------------------------
+
+    def _flow(self) -> Generator[httpx.Request, httpx.Response, _Token]:
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        if self.token_endpoint is None:
+            assert self.issuer is not None
+            self.token_endpoint = yield from self._discover(headers)
+        form = {"grant_type": "client_credentials"}
+        if self.resource:
+            form["resource"] = self.resource
+        if self.scope:
+            form["scope"] = self.scope
+        response = yield httpx.Request(
+            "POST",
+            self.token_endpoint,
+            headers={**headers, "Authorization": self._authorization},
+            data=form,
+        )
+        return self._parse(response)
+
+    def _discover(self, headers: dict[str, str]) -> Generator[httpx.Request, httpx.Response, str]:
+        assert self.issuer is not None
+        for url in discovery_urls(self.issuer):
+            response = yield httpx.Request("GET", url, headers=headers)
+            if response.status_code == 200:
+                metadata = _json(response)
+                break
+            if not 400 <= response.status_code < 500:
+                raise TokenRequestError(
+                    "discovery_failed", f"{url} answered HTTP {response.status_code}"
+                )
+        else:
+            raise TokenRequestError("discovery_failed", f"no discovery document for {self.issuer}")
+        if not isinstance(metadata, dict) or not isinstance(metadata.get("issuer"), str):
+            raise TokenRequestError("discovery_failed", f"{url} is not a discovery document")
+        if metadata["issuer"].rstrip("/") != self.issuer.rstrip("/"):
+            raise TokenRequestError(
+                "discovery_failed",
+                f"the discovery document names issuer {metadata['issuer']!r}, not {self.issuer!r}",
+            )
+        endpoint = metadata.get("token_endpoint")
+        if not isinstance(endpoint, str):
+            raise TokenRequestError("discovery_failed", f"{url} names no token_endpoint")
+        try:
+            return check_url(endpoint, "token_endpoint")
+        except ConfigurationError as exc:
+            raise TokenRequestError("discovery_failed", str(exc)) from None
+
+    def _parse(self, response: httpx.Response) -> _Token:
+        body = _json(response)
+        status = response.status_code
+        if status != 200:
+            if isinstance(body, dict) and isinstance(body.get("error"), str):
+                description = body.get("error_description")
+                raise TokenRequestError(
+                    body["error"], description if isinstance(description, str) else "", status
+                )
+            raise TokenRequestError("invalid_response", "the token endpoint refused", status)
+        if not isinstance(body, dict):
+            raise TokenRequestError("invalid_response", "the token response is not JSON", status)
+        value = body.get("access_token")
+        if not isinstance(value, str) or not value:
+            raise TokenRequestError("invalid_response", "the response has no access_token", status)
+        token_type = body.get("token_type")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            detail = f"token_type {token_type!r} is not Bearer"
+            raise TokenRequestError("invalid_response", detail, status)
+        lifetime = _lifetime(body.get("expires_in")) or DEFAULT_LIFETIME
+        refresh_at = self.clock() + lifetime - min(self.margin, lifetime / 10)
+        return _Token(value, refresh_at, body)
+
+    # -- driving it -------------------------------------------------------------------------------
+
+    def _run_sync(self) -> _Token:
+        client = self.http_client
+        own = None
+        if client is None:
+            transport = self.transport
+            if transport is not None and not isinstance(transport, httpx.BaseTransport):
+                raise ConfigurationError("an async-only transport needs an httpx.AsyncClient")
+            own = client = httpx.Client(timeout=self.timeout, transport=transport)
+        flow = self._flow()
+        try:
+            request = next(flow)
+            while True:
+                try:
+                    response = client.send(request)
+                except httpx.HTTPError as exc:
+                    raise _unreachable(request, exc) from exc
+                try:
+                    request = flow.send(response)
+                except StopIteration as stop:
+                    token: _Token = stop.value
+                    return token
+        finally:
+            flow.close()
+            if own is not None:
+                own.close()
+
+    async def _run_async(self) -> _Token:
+        client = self.async_http_client
+        own = None
+        if client is None:
+            transport = self.transport
+            if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+                raise ConfigurationError("a sync-only transport needs an httpx.Client")
+            own = client = httpx.AsyncClient(timeout=self.timeout, transport=transport)
+        flow = self._flow()
+        try:
+            request = next(flow)
+            while True:
+                try:
+                    response = await client.send(request)
+                except httpx.HTTPError as exc:
+                    raise _unreachable(request, exc) from exc
+                try:
+                    request = flow.send(response)
+                except StopIteration as stop:
+                    token: _Token = stop.value
+                    return token
+        finally:
+            flow.close()
+            if own is not None:
+                await own.aclose()
+
+
+def _unreachable(request: httpx.Request, exc: httpx.HTTPError) -> TokenRequestError:
+    return TokenRequestError("request_failed", f"{request.url}: {type(exc).__name__}: {exc}")
+
+
+def fetch_token(
+    *,
+    client_id: str,
+    client_secret: str,
+    token_endpoint: str | None = None,
+    issuer: str | None = None,
+    resource: str | None = None,
+    scope: str | Sequence[str] | None = None,
+    timeout: float = 10.0,
+    transport: httpx.BaseTransport | None = None,
+) -> dict[str, Any]:
+    """Request one token; return the token response (``access_token``, ``expires_in``, ...)."""
+    auth = ClientCredentialsAuth(
+        client_id=client_id,
+        client_secret=client_secret,
+        token_endpoint=token_endpoint,
+        issuer=issuer,
+        resource=resource,
+        scope=scope,
+        timeout=timeout,
+        transport=transport,
+    )
+    return dict(auth._get_sync().response)
