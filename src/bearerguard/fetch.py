@@ -25,7 +25,7 @@ import httpx
 from .errors import ConfigurationError, InvalidToken, IssuerUnavailable
 from .keys import Action, JWKSError, KeyCache, KeySet, VerificationKey, cache_max_age
 
-__all__ = ["KeySource", "check_url"]
+__all__ = ["KeySource", "check_url", "is_loopback"]
 
 log = logging.getLogger("bearerguard")
 
@@ -52,7 +52,7 @@ class FetchResult:
     etag: str | None
 
 
-def _is_loopback(host: str | None) -> bool:
+def is_loopback(host: str | None) -> bool:
     if not host:
         return False
     if host == "localhost":
@@ -65,10 +65,14 @@ def _is_loopback(host: str | None) -> bool:
 
 def check_url(url: str, what: str) -> str:
     """Require https, or http on a loopback host (for development)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL):
+        raise ConfigurationError(f"{what} is not a valid URL: {url!r}") from None
     if parts.scheme == "https" and parts.hostname:
         return url
-    if parts.scheme == "http" and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and is_loopback(parts.hostname):
         return url
     raise ConfigurationError(f"{what} must be an https:// URL (http:// only on loopback): {url!r}")
 
@@ -125,10 +129,12 @@ class KeySource:
 
     def _flow(self) -> Generator[httpx.Request, Fetched, FetchResult]:
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        # fetch_timeout applies per request even to an injected client that has none.
+        extensions = {"timeout": httpx.Timeout(self.timeout).as_dict()}
         if self.jwks_uri is None:
             metadata = None
             for url in discovery_urls(self.issuer):
-                response = yield httpx.Request("GET", url, headers=headers)
+                response = yield httpx.Request("GET", url, headers=headers, extensions=extensions)
                 if response.status_code == 200:
                     metadata = _json(response.body, "discovery document")
                     break
@@ -151,7 +157,9 @@ class KeySource:
         jwks_headers = dict(headers)
         if self.cache.etag and self.cache.keys is not None:
             jwks_headers["If-None-Match"] = self.cache.etag
-        response = yield httpx.Request("GET", self.jwks_uri, headers=jwks_headers)
+        response = yield httpx.Request(
+            "GET", self.jwks_uri, headers=jwks_headers, extensions=extensions
+        )
         max_age = cache_max_age(response.headers.get("Cache-Control"))
         if response.status_code == 304 and self.cache.keys is not None:
             return FetchResult(None, max_age, self.cache.etag)
@@ -186,15 +194,19 @@ class KeySource:
             raise InvalidToken("unknown signing key" if kid is not None else "token has no kid")
         return key
 
-    def _resolve_after(self, kid: str | None, now: float) -> VerificationKey:
-        """The answer once a fetch was made (or refused): never FETCH again in one call."""
-        keys = self.cache.keys
-        if keys is not None and (now < self.cache.expires_at or self.cache.usable_stale(now)):
+    def _resolve_after(self, kid: str | None, now: float, fetched: bool) -> VerificationKey:
+        """The answer once a fetch was made (or refused): never FETCH again in one call.
+
+        Keys just ``fetched`` answer this request even when their TTL is zero.
+        """
+        cache = self.cache
+        keys = cache.keys
+        if keys is not None and (fetched or now < cache.expires_at or cache.usable_stale(now)):
             key = keys.find(kid)
             if key is None:
                 raise InvalidToken("unknown signing key" if kid is not None else "token has no kid")
             return key
-        raise IssuerUnavailable(retry_after=self.cache.retry_after(now))
+        raise IssuerUnavailable(retry_after=cache.retry_after(now))
 
     def _deadline(self) -> float:
         # Discovery and JWKS together stay within two timeouts, however slowly bytes trickle.
@@ -219,7 +231,7 @@ class KeySource:
                 error = str(exc)
             now = self.clock()
             self._after_fetch(result, error, now)
-            return self._resolve_after(kid, now)
+            return self._resolve_after(kid, now, fetched=result is not None)
 
     def _run_sync(self) -> FetchResult:
         deadline = self._deadline()
@@ -285,7 +297,7 @@ class KeySource:
                 error = "fetching keys took too long"
             now = self.clock()
             self._after_fetch(result, error, now)
-            return self._resolve_after(kid, now)
+            return self._resolve_after(kid, now, fetched=result is not None)
 
     async def _run_async(self) -> FetchResult:
         flow = self._flow()

@@ -15,84 +15,23 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from .server import ResourceServer
+from .signing import SigningKey, b64url, generate_key, public_jwk, thumbprint
 
-__all__ = ["LocalIssuer", "SigningKey", "generate_key", "local_issuer", "thumbprint"]
-
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
-_CURVES: dict[str, ec.EllipticCurve] = {
-    "ES256": ec.SECP256R1(),
-    "ES384": ec.SECP384R1(),
-    "ES512": ec.SECP521R1(),
-}
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def generate_key(alg: str = "ES384") -> PrivateKey:
-    """A fresh private key for ``alg`` (RSA keys are 2048 bits: fast enough for tests)."""
-    if alg in _CURVES:
-        return ec.generate_private_key(_CURVES[alg])
-    if alg.startswith(("RS", "PS")):
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    if alg == "EdDSA":
-        return ed25519.Ed25519PrivateKey.generate()
-    raise ValueError(f"unsupported algorithm {alg!r}")
-
-
-def public_jwk(key: PrivateKey) -> dict[str, Any]:
-    """The public JWK of ``key`` (no kid, alg or use)."""
-    public = key.public_key()
-    if isinstance(public, ec.EllipticCurvePublicKey):
-        return json.loads(ECAlgorithm.to_jwk(public))  # type: ignore[no-any-return]
-    if isinstance(public, rsa.RSAPublicKey):
-        return json.loads(RSAAlgorithm.to_jwk(public))  # type: ignore[no-any-return]
-    return json.loads(OKPAlgorithm.to_jwk(public))  # type: ignore[no-any-return]
-
-
-def thumbprint(jwk: Mapping[str, Any]) -> str:
-    """The RFC 7638 JWK thumbprint (SHA-256, base64url), as Logto uses for kid."""
-    import hashlib
-
-    required = {
-        "EC": ("crv", "kty", "x", "y"),
-        "RSA": ("e", "kty", "n"),
-        "OKP": ("crv", "kty", "x"),
-    }
-    members = {name: jwk[name] for name in required[jwk["kty"]]}
-    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
-    return _b64(hashlib.sha256(canonical).digest())
-
-
-@dataclass
-class SigningKey:
-    """A private key with its kid and algorithm, and the JWK it publishes."""
-
-    alg: str
-    private_key: PrivateKey
-    kid: str
-    jwk: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def generate(cls, alg: str = "ES384", kid: str | None = None) -> SigningKey:
-        key = generate_key(alg)
-        jwk = public_jwk(key)
-        kid = kid or thumbprint(jwk)
-        jwk.update({"kid": kid, "use": "sig"})
-        if not alg.startswith(("RS", "PS")):  # as Logto: RSA JWKs carry no alg
-            jwk["alg"] = alg
-        return cls(alg, key, kid, jwk)
+__all__ = [
+    "LocalIssuer",
+    "SigningKey",
+    "generate_key",
+    "local_issuer",
+    "public_jwk",
+    "thumbprint",
+]
 
 
 class LocalIssuer:
@@ -195,7 +134,7 @@ class LocalIssuer:
         header, payload, signature = token.split(".")
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         claims["scope"] = "admin " + str(claims.get("scope", ""))
-        return f"{header}.{_b64(json.dumps(claims).encode())}.{signature}"
+        return f"{header}.{b64url(json.dumps(claims).encode())}.{signature}"
 
     # -- serving --------------------------------------------------------------------------------
 
@@ -254,7 +193,8 @@ class LocalIssuer:
 
         server = ThreadingHTTPServer((host, port), Handler)
         server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for it, and the default 0.5 s slows every test.
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         thread.start()
         original = self.issuer
         self.issuer = f"http://{host}:{server.server_address[1]}{path}"

@@ -28,8 +28,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ..errors import ConfigurationError, render_challenge
-from ..fetch import _is_loopback
-from ..testing import SigningKey
+from ..fetch import is_loopback
+from ..signing import SigningKey
 from .config import IssuerConfig, load_config
 from .grant import Grant, OAuthError, grant, token_request
 from .keystore import KeyStore
@@ -55,7 +55,7 @@ def issuer_url(host: str, port: int, path: str = "/oidc") -> str:
 def bind(host: str, port: int, *, insecure_public: bool = False) -> socket.socket:
     """A listening socket; only loopback addresses unless ``insecure_public``."""
     host = host.strip("[]")
-    if not insecure_public and not _is_loopback(host):
+    if not insecure_public and not is_loopback(host):
         raise ConfigurationError(
             f"refusing to listen on {host!r}: the dev issuer is for development only and "
             "listens on loopback (127.0.0.1, ::1, localhost); --insecure-public overrides this"
@@ -73,7 +73,7 @@ def _loopback_origin(origin: str) -> bool:
     return (
         parts.scheme in ("http", "https")
         and not (parts.path or parts.query or parts.fragment or parts.username)
-        and _is_loopback(parts.hostname)
+        and is_loopback(parts.hostname)
     )
 
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..errors import ConfigurationError
-from ..testing import SigningKey, public_jwk, thumbprint
+from ..signing import SigningKey, public_jwk, thumbprint
 
 __all__ = ["ALGORITHMS", "MAX_KEYS", "KeyStore"]
 
