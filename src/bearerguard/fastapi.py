@@ -16,7 +16,7 @@ from fastapi.security import OAuth2, SecurityScopes
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from .bearer import single_authorization
+from .asgi import authorization_header
 from .errors import AuthError
 from .server import ResourceServer
 from .starlette import error_response
@@ -82,7 +82,7 @@ class BearerAuth(OAuth2):
         try:
             token = request.scope.get("auth")
             if not isinstance(token, AccessToken):  # not already verified by the middleware
-                header = single_authorization(request.headers.getlist("authorization"))
+                header = authorization_header(request.scope["headers"])
                 token = await self.server.authenticate_async(header)
             self.server.check_scopes(token, security_scopes.scopes, any_of=self.require_any)
         except AuthError as exc:

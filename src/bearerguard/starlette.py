@@ -14,8 +14,7 @@ from typing import Any, TypeVar, cast
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
-from .asgi import TokenUser
-from .bearer import single_authorization
+from .asgi import TokenUser, authorization_header
 from .errors import AuthError
 from .server import ResourceServer
 from .token import AccessToken
@@ -61,7 +60,7 @@ class Protect:
         def authenticate_sync(conn: HTTPConnection) -> AccessToken:
             token = conn.scope.get("auth")
             if not isinstance(token, AccessToken):
-                header = single_authorization(conn.headers.getlist("authorization"))
+                header = authorization_header(conn.scope["headers"])
                 token = server.authenticate(header)
             server.check_scopes(token, required, any_of=any_of)
             return token
@@ -69,7 +68,7 @@ class Protect:
         async def authenticate_async(conn: HTTPConnection) -> AccessToken:
             token = conn.scope.get("auth")
             if not isinstance(token, AccessToken):
-                header = single_authorization(conn.headers.getlist("authorization"))
+                header = authorization_header(conn.scope["headers"])
                 token = await server.authenticate_async(header)
             server.check_scopes(token, required, any_of=any_of)
             return token
