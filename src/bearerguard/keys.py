@@ -105,8 +105,8 @@ def _key_algorithms(jwk: Mapping[str, Any], public: PublicKey) -> frozenset[str]
         fits = {"EdDSA"}
     alg = jwk.get("alg")
     if alg is not None:
-        # A JWK that names its algorithm is used for that algorithm only.
-        fits &= {alg}
+        # A JWK that names its algorithm is used for that algorithm only (a non-string: never).
+        fits &= {alg} if isinstance(alg, str) else set()
     return frozenset(fits)
 
 

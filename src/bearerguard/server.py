@@ -86,7 +86,7 @@ class ResourceServer:
             check_url(iss, "issuer")
         if jwks_uri is not None:
             check_url(jwks_uri, "jwks_uri")
-        algs = frozenset(_strings(tuple(algorithms), "algorithms"))
+        algs = frozenset(_strings(algorithms, "algorithms"))
         if algs - SUPPORTED_ALGORITHMS:
             raise ConfigurationError(
                 f"unsupported algorithms {sorted(algs - SUPPORTED_ALGORITHMS)}; choose from "
