@@ -226,12 +226,37 @@ class KeySource:
             self.cache.started(kid, now)
             result, error = None, None
             try:
-                result = self._run_sync()
+                result = self._run_sync_bounded()
             except FetchError as exc:
                 error = str(exc)
             now = self.clock()
             self._after_fetch(result, error, now)
             return self._resolve_after(kid, now, fetched=result is not None)
+
+    def _run_sync_bounded(self) -> FetchResult:
+        """``_run_sync`` with a hard deadline.
+
+        httpx's sync timeouts bound each read, not the whole exchange: an issuer trickling its
+        response headers a byte at a time would hold the request for ever. So the fetch runs in
+        a short-lived thread and the request waits at most two timeouts for it; fetches are rare
+        (at most one per cooldown), so the thread costs nothing that matters.
+        """
+        outcome: list[FetchResult | BaseException] = []
+
+        def work() -> None:
+            try:
+                outcome.append(self._run_sync())
+            except BaseException as exc:  # handed to the waiting request below
+                outcome.append(exc)
+
+        worker = threading.Thread(target=work, name="bearerguard-jwks-fetch", daemon=True)
+        worker.start()
+        worker.join(2 * self.timeout)
+        if not outcome:
+            raise FetchError("fetching keys took too long")
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
 
     def _run_sync(self) -> FetchResult:
         deadline = self._deadline()
