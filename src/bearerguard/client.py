@@ -33,7 +33,19 @@ from urllib.parse import quote_plus
 import httpx
 
 from .errors import ConfigurationError
-from .fetch import USER_AGENT, check_url, discovery_urls
+from .fetch import (
+    USER_AGENT,
+    Fetched,
+    FetchError,
+    Unreachable,
+    async_client,
+    check_url,
+    discover,
+    metadata_url,
+    run_async,
+    run_sync,
+    sync_client,
+)
 
 __all__ = ["ClientCredentialsAuth", "TokenRequestError", "fetch_token"]
 
@@ -72,9 +84,9 @@ def _basic(client_id: str, client_secret: str) -> str:
     return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
-def _json(response: httpx.Response) -> Any:
+def _json(body: bytes) -> Any:
     try:
-        return json.loads(response.content)
+        return json.loads(body)
     except (ValueError, RecursionError):
         return None
 
@@ -220,11 +232,17 @@ class ClientCredentialsAuth(httpx.Auth):
 
     # -- the token request, written once ----------------------------------------------------------
 
-    def _flow(self) -> Generator[httpx.Request, httpx.Response, _Token]:
+    def _flow(self) -> Generator[httpx.Request, Fetched, _Token]:
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if self.token_endpoint is None:
             assert self.issuer is not None
-            self.token_endpoint = yield from self._discover(headers)
+            try:
+                metadata = yield from discover(self.issuer, headers, {})
+                self.token_endpoint = metadata_url(metadata, "token_endpoint")
+            except Unreachable:
+                raise
+            except FetchError as exc:
+                raise TokenRequestError("discovery_failed", str(exc)) from None
         form = {"grant_type": "client_credentials"}
         if self.resource:
             form["resource"] = self.resource
@@ -238,36 +256,8 @@ class ClientCredentialsAuth(httpx.Auth):
         )
         return self._parse(response)
 
-    def _discover(self, headers: dict[str, str]) -> Generator[httpx.Request, httpx.Response, str]:
-        assert self.issuer is not None
-        for url in discovery_urls(self.issuer):
-            response = yield httpx.Request("GET", url, headers=headers)
-            if response.status_code == 200:
-                metadata = _json(response)
-                break
-            if not 400 <= response.status_code < 500:
-                raise TokenRequestError(
-                    "discovery_failed", f"{url} answered HTTP {response.status_code}"
-                )
-        else:
-            raise TokenRequestError("discovery_failed", f"no discovery document for {self.issuer}")
-        if not isinstance(metadata, dict) or not isinstance(metadata.get("issuer"), str):
-            raise TokenRequestError("discovery_failed", f"{url} is not a discovery document")
-        if metadata["issuer"].rstrip("/") != self.issuer.rstrip("/"):
-            raise TokenRequestError(
-                "discovery_failed",
-                f"the discovery document names issuer {metadata['issuer']!r}, not {self.issuer!r}",
-            )
-        endpoint = metadata.get("token_endpoint")
-        if not isinstance(endpoint, str):
-            raise TokenRequestError("discovery_failed", f"{url} names no token_endpoint")
-        try:
-            return check_url(endpoint, "token_endpoint")
-        except ConfigurationError as exc:
-            raise TokenRequestError("discovery_failed", str(exc)) from None
-
-    def _parse(self, response: httpx.Response) -> _Token:
-        body = _json(response)
+    def _parse(self, response: Fetched) -> _Token:
+        body = _json(response.body)
         status = response.status_code
         if status != 200:
             if isinstance(body, dict) and isinstance(body.get("error"), str):
@@ -289,63 +279,31 @@ class ClientCredentialsAuth(httpx.Auth):
         refresh_at = self.clock() + lifetime - min(self.margin, lifetime / 10)
         return _Token(value, refresh_at, body)
 
-    # -- driving it -------------------------------------------------------------------------------
+    # -- driving it (fetch.py's drivers: bounded bodies, one error type) --------------------------
 
     def _run_sync(self) -> _Token:
-        client = self.http_client
-        own = None
-        if client is None:
-            transport = self.transport
-            if transport is not None and not isinstance(transport, httpx.BaseTransport):
-                raise ConfigurationError("an async-only transport needs an httpx.AsyncClient")
-            own = client = httpx.Client(timeout=self.timeout, transport=transport)
-        flow = self._flow()
+        deadline = time.monotonic() + 2 * self.timeout  # discovery + token request
         try:
-            request = next(flow)
-            while True:
-                try:
-                    response = client.send(request)
-                except httpx.HTTPError as exc:
-                    raise _unreachable(request, exc) from exc
-                try:
-                    request = flow.send(response)
-                except StopIteration as stop:
-                    token: _Token = stop.value
-                    return token
-        finally:
-            flow.close()
-            if own is not None:
-                own.close()
+            if self.http_client is not None:
+                return run_sync(self._flow(), self.http_client, deadline=deadline)
+            with sync_client(self.timeout, self.transport) as client:
+                return run_sync(self._flow(), client, deadline=deadline)
+        except Unreachable as exc:
+            raise TokenRequestError("request_failed", str(exc)) from None
 
     async def _run_async(self) -> _Token:
-        client = self.async_http_client
-        own = None
-        if client is None:
-            transport = self.transport
-            if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
-                raise ConfigurationError("a sync-only transport needs an httpx.Client")
-            own = client = httpx.AsyncClient(timeout=self.timeout, transport=transport)
-        flow = self._flow()
         try:
-            request = next(flow)
-            while True:
-                try:
-                    response = await client.send(request)
-                except httpx.HTTPError as exc:
-                    raise _unreachable(request, exc) from exc
-                try:
-                    request = flow.send(response)
-                except StopIteration as stop:
-                    token: _Token = stop.value
-                    return token
-        finally:
-            flow.close()
-            if own is not None:
-                await own.aclose()
+            return await asyncio.wait_for(self._request_async(), 2 * self.timeout)
+        except Unreachable as exc:
+            raise TokenRequestError("request_failed", str(exc)) from None
+        except asyncio.TimeoutError:
+            raise TokenRequestError("request_failed", "the token request took too long") from None
 
-
-def _unreachable(request: httpx.Request, exc: httpx.HTTPError) -> TokenRequestError:
-    return TokenRequestError("request_failed", f"{request.url}: {type(exc).__name__}: {exc}")
+    async def _request_async(self) -> _Token:
+        if self.async_http_client is not None:
+            return await run_async(self._flow(), self.async_http_client)
+        async with async_client(self.timeout, self.transport) as client:
+            return await run_async(self._flow(), client)
 
 
 def fetch_token(

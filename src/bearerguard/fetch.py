@@ -12,12 +12,13 @@ import asyncio
 import ipaddress
 import json
 import logging
+import ssl
 import threading
 import time
 import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -96,6 +97,146 @@ def _json(body: bytes, what: str) -> Any:
         raise FetchError(f"{what} is not valid JSON") from None
 
 
+class Unreachable(FetchError):
+    """The request itself failed: connection, timeout, or a body too large or too slow."""
+
+
+T = TypeVar("T")
+_ssl_context: ssl.SSLContext | None = None
+
+
+def _verify() -> ssl.SSLContext:
+    # Building an SSL context (loading the CA bundle) costs tens of ms; clients we create for
+    # a fetch share one.
+    global _ssl_context
+    if _ssl_context is None:
+        _ssl_context = httpx.create_ssl_context()
+    return _ssl_context
+
+
+def discover(
+    issuer: str, headers: dict[str, str], extensions: dict[str, Any]
+) -> Generator[httpx.Request, Fetched, dict[str, Any]]:
+    """The issuer's metadata: OIDC discovery, then RFC 8414; its ``issuer`` must match exactly."""
+    metadata = None
+    for url in discovery_urls(issuer):
+        response = yield httpx.Request("GET", url, headers=headers, extensions=extensions)
+        if response.status_code == 200:
+            metadata = _json(response.body, "discovery document")
+            break
+        if not 400 <= response.status_code < 500:
+            raise FetchError(f"discovery at {url} answered HTTP {response.status_code}")
+    if not isinstance(metadata, dict):
+        raise FetchError(f"no discovery document found for {issuer}")
+    if metadata.get("issuer") != issuer:
+        raise FetchError(
+            "the discovery document's issuer does not equal the configured issuer "
+            f"{issuer!r}: check the issuer setting"
+        )
+    return metadata
+
+
+def metadata_url(metadata: dict[str, Any], name: str) -> str:
+    """A URL member of issuer metadata, https (or http on loopback) only."""
+    value = metadata.get(name)
+    if not isinstance(value, str):
+        raise FetchError(f"the discovery document has no {name}")
+    try:
+        return check_url(value, name)
+    except ConfigurationError as exc:
+        raise FetchError(str(exc)) from None
+
+
+def sync_client(timeout: float, transport: Transport | None) -> httpx.Client:
+    """A short-lived client for one fetch; ConfigurationError for an async-only transport."""
+    if transport is not None and not isinstance(transport, httpx.BaseTransport):
+        raise ConfigurationError("the transport is async-only: it needs an httpx.AsyncClient")
+    return httpx.Client(timeout=timeout, transport=transport, verify=_verify())
+
+
+def async_client(timeout: float, transport: Transport | None) -> httpx.AsyncClient:
+    if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+        raise ConfigurationError("the transport is sync-only: it needs an httpx.Client")
+    return httpx.AsyncClient(timeout=timeout, transport=transport, verify=_verify())
+
+
+def run_sync(
+    flow: Generator[httpx.Request, Fetched, T],
+    client: httpx.Client,
+    *,
+    deadline: float,
+    max_bytes: int = MAX_DOCUMENT_BYTES,
+) -> T:
+    """Drive ``flow`` with a sync client: send what it yields, hand back what came."""
+    try:
+        request = next(flow)
+        while True:
+            fetched = send_sync(client, request, deadline=deadline, max_bytes=max_bytes)
+            try:
+                request = flow.send(fetched)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+    finally:
+        flow.close()
+
+
+async def run_async(
+    flow: Generator[httpx.Request, Fetched, T],
+    client: httpx.AsyncClient,
+    *,
+    max_bytes: int = MAX_DOCUMENT_BYTES,
+) -> T:
+    """The async twin of ``run_sync`` (callers bound the whole run with a timeout)."""
+    try:
+        request = next(flow)
+        while True:
+            fetched = await send_async(client, request, max_bytes=max_bytes)
+            try:
+                request = flow.send(fetched)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+    finally:
+        flow.close()
+
+
+def send_sync(
+    client: httpx.Client, request: httpx.Request, *, deadline: float, max_bytes: int
+) -> Fetched:
+    try:
+        response = client.send(request, stream=True)
+        try:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise Unreachable(f"{request.url} answered more than {max_bytes} B")
+                if time.monotonic() > deadline:
+                    raise Unreachable(f"{request.url} took too long")
+        finally:
+            response.close()
+    except httpx.HTTPError as exc:
+        raise Unreachable(f"{request.url}: {type(exc).__name__}: {exc}") from None
+    return Fetched(response.status_code, response.headers, bytes(body))
+
+
+async def send_async(
+    client: httpx.AsyncClient, request: httpx.Request, *, max_bytes: int
+) -> Fetched:
+    try:
+        response = await client.send(request, stream=True)
+        try:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise Unreachable(f"{request.url} answered more than {max_bytes} B")
+        finally:
+            await response.aclose()
+    except httpx.HTTPError as exc:
+        raise Unreachable(f"{request.url}: {type(exc).__name__}: {exc}") from None
+    return Fetched(response.status_code, response.headers, bytes(body))
+
+
 class KeySource:
     """Keys of one issuer (or one fixed ``jwks_uri``): a KeyCache plus the I/O that feeds it."""
 
@@ -132,28 +273,8 @@ class KeySource:
         # fetch_timeout applies per request even to an injected client that has none.
         extensions = {"timeout": httpx.Timeout(self.timeout).as_dict()}
         if self.jwks_uri is None:
-            metadata = None
-            for url in discovery_urls(self.issuer):
-                response = yield httpx.Request("GET", url, headers=headers, extensions=extensions)
-                if response.status_code == 200:
-                    metadata = _json(response.body, "discovery document")
-                    break
-                if not 400 <= response.status_code < 500:
-                    raise FetchError(f"discovery answered HTTP {response.status_code}")
-            if not isinstance(metadata, dict):
-                raise FetchError("no discovery document found")
-            if metadata.get("issuer") != self.issuer:
-                raise FetchError(
-                    "discovery document's issuer does not equal the configured issuer "
-                    f"{self.issuer!r}: check the issuer setting"
-                )
-            jwks_uri = metadata.get("jwks_uri")
-            if not isinstance(jwks_uri, str):
-                raise FetchError("discovery document has no jwks_uri")
-            try:
-                self.jwks_uri = check_url(jwks_uri, "jwks_uri")
-            except ConfigurationError as exc:
-                raise FetchError(str(exc)) from None
+            metadata = yield from discover(self.issuer, headers, extensions)
+            self.jwks_uri = metadata_url(metadata, "jwks_uri")
         jwks_headers = dict(headers)
         if self.cache.etag and self.cache.keys is not None:
             jwks_headers["If-None-Match"] = self.cache.etag
@@ -260,42 +381,14 @@ class KeySource:
 
     def _run_sync(self) -> FetchResult:
         deadline = self._deadline()
-        flow = self._flow()
-        client = self.http_client
-        own = None
-        if client is None:
-            transport = self.transport if isinstance(self.transport, httpx.BaseTransport) else None
-            own = client = httpx.Client(timeout=self.timeout, transport=transport)
+        if self.http_client is not None:
+            return run_sync(self._flow(), self.http_client, deadline=deadline)
         try:
-            request = next(flow)
-            while True:
-                fetched = self._send_sync(client, request, deadline)
-                try:
-                    request = flow.send(fetched)
-                except StopIteration as stop:
-                    result: FetchResult = stop.value
-                    return result
-        finally:
-            flow.close()
-            if own is not None:
-                own.close()
-
-    def _send_sync(self, client: httpx.Client, request: httpx.Request, deadline: float) -> Fetched:
-        try:
-            response = client.send(request, stream=True)
-            try:
-                body = bytearray()
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_DOCUMENT_BYTES:
-                        raise FetchError(f"{request.url} answered more than {MAX_DOCUMENT_BYTES} B")
-                    if time.monotonic() > deadline:
-                        raise FetchError(f"{request.url} took too long")
-            finally:
-                response.close()
-        except httpx.HTTPError as exc:
-            raise FetchError(f"{request.url}: {type(exc).__name__}: {exc}") from None
-        return Fetched(response.status_code, response.headers, bytes(body))
+            client = sync_client(self.timeout, self.transport)
+        except ConfigurationError as exc:  # e.g. an ASGITransport on the sync face
+            raise FetchError(str(exc)) from None
+        with client:
+            return run_sync(self._flow(), client, deadline=deadline)
 
     # -- the async face -----------------------------------------------------------------------
 
@@ -325,39 +418,11 @@ class KeySource:
             return self._resolve_after(kid, now, fetched=result is not None)
 
     async def _run_async(self) -> FetchResult:
-        flow = self._flow()
-        client = self.async_http_client
-        own = None
-        if client is None:
-            transport = (
-                self.transport if isinstance(self.transport, httpx.AsyncBaseTransport) else None
-            )
-            own = client = httpx.AsyncClient(timeout=self.timeout, transport=transport)
+        if self.async_http_client is not None:
+            return await run_async(self._flow(), self.async_http_client)
         try:
-            request = next(flow)
-            while True:
-                fetched = await self._send_async(client, request)
-                try:
-                    request = flow.send(fetched)
-                except StopIteration as stop:
-                    result: FetchResult = stop.value
-                    return result
-        finally:
-            flow.close()
-            if own is not None:
-                await own.aclose()
-
-    async def _send_async(self, client: httpx.AsyncClient, request: httpx.Request) -> Fetched:
-        try:
-            response = await client.send(request, stream=True)
-            try:
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_DOCUMENT_BYTES:
-                        raise FetchError(f"{request.url} answered more than {MAX_DOCUMENT_BYTES} B")
-            finally:
-                await response.aclose()
-        except httpx.HTTPError as exc:
-            raise FetchError(f"{request.url}: {type(exc).__name__}: {exc}") from None
-        return Fetched(response.status_code, response.headers, bytes(body))
+            client = async_client(self.timeout, self.transport)
+        except ConfigurationError as exc:
+            raise FetchError(str(exc)) from None
+        async with client:
+            return await run_async(self._flow(), client)
