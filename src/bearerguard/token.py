@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -14,45 +13,100 @@ __all__ = ["AccessToken", "require_scopes"]
 LOGTO_ORGANIZATION_AUDIENCE = "urn:logto:organization:"
 
 
-@dataclass(frozen=True, eq=False)
 class AccessToken:
-    """A verified access token. ``claims`` is the whole, read-only payload."""
+    """A verified access token. ``claims`` is the whole, read-only payload.
 
-    sub: str | None
-    client_id: str | None
+    Immutable. Only what verification computes is stored; ``sub``, ``client_id``, ``issuer``
+    and ``organization_id`` are read from the claims when asked for (building a token is on
+    every cache miss, reading them is not).
+    """
+
+    __slots__ = ("audience", "claims", "expires_at", "scopes")
+
+    claims: Mapping[str, Any]
     scopes: frozenset[str]
     audience: tuple[str, ...]
-    issuer: str
     expires_at: float
-    claims: Mapping[str, Any] = field(repr=False)
-    organization_id: str | None = None
+
+    def __init__(
+        self,
+        *,
+        sub: str | None = None,
+        client_id: str | None = None,
+        scopes: Iterable[str] = (),
+        audience: Iterable[str] = (),
+        issuer: str | None = None,
+        expires_at: float = 0.0,
+        claims: Mapping[str, Any] | None = None,
+        organization_id: str | None = None,
+    ) -> None:
+        """Build a token by hand (e.g. for a test's dependency override); the named values
+        go into ``claims``."""
+        merged = dict(claims or {})
+        named = {"sub": sub, "client_id": client_id, "iss": issuer}
+        named["organization_id"] = organization_id
+        merged.update({k: v for k, v in named.items() if v is not None})
+        init = object.__setattr__
+        init(self, "claims", MappingProxyType(merged))
+        init(self, "scopes", frozenset(scopes))
+        init(self, "audience", tuple(audience))
+        init(self, "expires_at", float(expires_at))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"AccessToken is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"AccessToken is immutable: cannot delete {name!r}")
 
     @classmethod
     def from_claims(
         cls, claims: dict[str, Any], scopes: frozenset[str], audience: tuple[str, ...]
     ) -> AccessToken:
-        """Build from claims that verification has already checked."""
-        org = claims.get("organization_id")
-        if not isinstance(org, str):
-            org = next(
-                (
-                    aud[len(LOGTO_ORGANIZATION_AUDIENCE) :]
-                    for aud in audience
-                    if aud.startswith(LOGTO_ORGANIZATION_AUDIENCE)
-                ),
-                None,
-            )
-        sub = claims.get("sub")
-        client_id = claims.get("client_id")
-        return cls(
-            sub=sub if isinstance(sub, str) else None,
-            client_id=client_id if isinstance(client_id, str) else None,
-            scopes=scopes,
-            audience=audience,
-            issuer=claims["iss"],
-            expires_at=float(claims["exp"]),
-            claims=MappingProxyType(claims),
-            organization_id=org or None,
+        """Build from claims that verification has already checked (``claims`` is not copied)."""
+        token = object.__new__(cls)
+        init = object.__setattr__
+        init(token, "claims", MappingProxyType(claims))
+        init(token, "scopes", scopes)
+        init(token, "audience", audience)
+        init(token, "expires_at", float(claims["exp"]))
+        return token
+
+    def _string(self, name: str) -> str | None:
+        value = self.claims.get(name)
+        return value if isinstance(value, str) else None
+
+    @property
+    def sub(self) -> str | None:
+        return self._string("sub")
+
+    @property
+    def client_id(self) -> str | None:
+        return self._string("client_id")
+
+    @property
+    def issuer(self) -> str:
+        return self._string("iss") or ""
+
+    @property
+    def organization_id(self) -> str | None:
+        """Logto organization tokens: the ``organization_id`` claim, or the id in an
+        ``urn:logto:organization:<id>`` audience. None for other tokens."""
+        org = self._string("organization_id")
+        if org:
+            return org
+        for aud in self.audience:
+            if aud.startswith(LOGTO_ORGANIZATION_AUDIENCE) and len(aud) > len(
+                LOGTO_ORGANIZATION_AUDIENCE
+            ):
+                return aud[len(LOGTO_ORGANIZATION_AUDIENCE) :]
+        return None
+
+    def __repr__(self) -> str:
+        return (
+            f"AccessToken(sub={self.sub!r}, client_id={self.client_id!r}, "
+            f"scopes={sorted(self.scopes)!r}, audience={self.audience!r}, "
+            f"issuer={self.issuer!r}, expires_at={self.expires_at!r}, "
+            f"organization_id={self.organization_id!r})"
         )
 
     def has_scopes(self, *scopes: str, any_of: bool = False) -> bool:
