@@ -62,9 +62,8 @@ def authorization_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 def error_response_parts(exc: AuthError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, raw headers and body of the response for ``exc``."""
     body = exc.to_json().encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-    headers.append((b"cache-control", b"no-store"))
+    headers = [(k.lower().encode(), v.encode("latin-1")) for k, v in exc.response_headers().items()]
+    headers.append((b"content-length", b"%d" % len(body)))
     return exc.status_code, headers, body
 
 

@@ -74,6 +74,14 @@ class AuthError(Exception):
         """Every response header this error needs."""
         return {"WWW-Authenticate": self.www_authenticate}
 
+    def response_headers(self) -> dict[str, str]:
+        """All headers of the error response: ``headers`` plus content type and no-store."""
+        return {
+            "Content-Type": "application/json",
+            "Cache-Control": "no-store",
+            **self.headers,
+        }
+
     @property
     def json_error(self) -> str:
         return self.error or "invalid_token"

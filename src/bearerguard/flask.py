@@ -92,10 +92,8 @@ def server_from_config(config: Mapping[str, Any]) -> ResourceServer:
 
 def error_response(exc: AuthError) -> Response:
     """The Flask response for ``exc``: status, WWW-Authenticate, Retry-After, JSON body."""
-    headers = dict(exc.headers)
-    headers["Cache-Control"] = "no-store"
     response: Response = current_app.response_class(
-        exc.to_json(), status=exc.status_code, headers=headers, mimetype="application/json"
+        exc.to_json(), status=exc.status_code, headers=exc.response_headers()
     )
     return response
 

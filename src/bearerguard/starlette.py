@@ -26,9 +26,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def error_response(exc: AuthError) -> Response:
     """The Starlette response for ``exc``: status, WWW-Authenticate, Retry-After, JSON body."""
-    headers = dict(exc.headers)
-    headers["Cache-Control"] = "no-store"
-    return Response(exc.to_json(), exc.status_code, headers, media_type="application/json")
+    return Response(exc.to_json(), exc.status_code, exc.response_headers())
 
 
 def _connection(args: Sequence[Any], kwargs: dict[str, Any]) -> HTTPConnection:

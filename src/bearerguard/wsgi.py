@@ -40,9 +40,7 @@ def request_path(environ: WSGIEnvironment) -> str:
 def error_response_parts(exc: AuthError) -> tuple[str, list[tuple[str, str]], bytes]:
     """Status line, headers and body of the response for ``exc``."""
     body = exc.to_json().encode()
-    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-    headers += list(exc.headers.items())
-    headers.append(("Cache-Control", "no-store"))
+    headers = [*exc.response_headers().items(), ("Content-Length", str(len(body)))]
     status = f"{exc.status_code} {HTTPStatus(exc.status_code).phrase}"
     return status, headers, body
 
