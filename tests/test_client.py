@@ -437,7 +437,10 @@ def test_discovery_falls_back_to_rfc8414(issuer: FakeIssuer, clock: Clock) -> No
 @pytest.mark.parametrize(
     ("metadata", "message"),
     [
-        ({"issuer": "https://elsewhere.example/oidc", "token_endpoint": TOKEN_ENDPOINT}, "does not equal"),
+        (
+            {"issuer": "https://elsewhere.example/oidc", "token_endpoint": TOKEN_ENDPOINT},
+            "does not equal",
+        ),
         ({"issuer": ISSUER}, "no token_endpoint"),
         ({"issuer": ISSUER, "token_endpoint": "http://tenant.example/token"}, "https://"),
         (None, "no discovery document"),

@@ -1,0 +1,672 @@
+"""The JWKS cache and the verified-token cache, driven by an injected clock (no sleeping)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import httpx
+import pytest
+
+import bearerguard.server
+from bearerguard import AccessToken, InvalidToken, IssuerUnavailable, ResourceServer
+
+if TYPE_CHECKING:
+    from conftest import FakeClock, StubIssuer
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+def with_kid(token: str, kid: str) -> str:
+    """``token`` with its header's kid replaced (the signature no longer matters)."""
+    header = json.dumps({"alg": "ES384", "typ": "at+jwt", "kid": kid}).encode()
+    segment = base64.urlsafe_b64encode(header).rstrip(b"=").decode()
+    return segment + token[token.index(".") :]
+
+
+def fresh(issuer: StubIssuer, server: ResourceServer, **kwargs: Any) -> AccessToken:
+    """Verify a newly minted token (never a verified-token cache hit)."""
+    return server.authenticate(bearer(issuer.mint(**kwargs)))
+
+
+# -- keys are fetched once and kept for their lifetime --------------------------------------------
+
+
+def test_keys_are_fetched_once_then_served(stub_issuer: StubIssuer) -> None:
+    server = stub_issuer.resource_server()
+    for _ in range(5):
+        fresh(stub_issuer, server)
+    assert stub_issuer.discovery_fetches == 1
+    assert stub_issuer.jwks_fetches == 1
+
+
+@pytest.mark.anyio
+async def test_both_faces_share_one_key_cache(stub_issuer: StubIssuer) -> None:
+    server = stub_issuer.resource_server()
+    fresh(stub_issuer, server)
+    await server.authenticate_async(bearer(stub_issuer.mint()))
+    assert stub_issuer.jwks_fetches == 1
+
+
+def test_keys_are_refetched_after_their_ttl(stub_issuer: StubIssuer, fake_clock: FakeClock) -> None:
+    server = stub_issuer.resource_server(jwks_ttl=600)
+    fresh(stub_issuer, server)
+    fake_clock.advance(599)
+    fresh(stub_issuer, server)
+    assert stub_issuer.jwks_fetches == 1
+    fake_clock.advance(1)
+    fresh(stub_issuer, server)
+    assert stub_issuer.jwks_fetches == 2
+    assert stub_issuer.discovery_fetches == 1  # the jwks_uri is remembered
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "lifetime"),
+    [
+        ("public, max-age=120", 120),
+        ("s-maxage=200, max-age=100", 200),
+        ("max-age=5", 45),  # below jwks_min_ttl
+        ("no-cache, max-age=0, must-revalidate", 45),  # what Logto sends
+        ("no-store", 45),
+        ("max-age=999999", 3000),  # above jwks_max_ttl
+        ("private", 600),  # no lifetime given: jwks_ttl
+    ],
+)
+def test_cache_control_max_age_is_honoured_within_bounds(
+    stub_issuer: StubIssuer, fake_clock: FakeClock, cache_control: str, lifetime: int
+) -> None:
+    stub_issuer.jwks_headers["Cache-Control"] = cache_control
+    server = stub_issuer.resource_server(jwks_min_ttl=45, jwks_ttl=600, jwks_max_ttl=3000)
+    fresh(stub_issuer, server)
+    fake_clock.advance(lifetime - 1)
+    fresh(stub_issuer, server)
+    assert stub_issuer.jwks_fetches == 1
+    fake_clock.advance(1)
+    fresh(stub_issuer, server)
+    assert stub_issuer.jwks_fetches == 2
+
+
+def test_etag_revalidation_keeps_the_keys(stub_issuer: StubIssuer, fake_clock: FakeClock) -> None:
+    stub_issuer.etag = '"v1"'
+    server = stub_issuer.resource_server(jwks_ttl=600)
+    fresh(stub_issuer, server)
+    first = [r for r in stub_issuer.seen if r.url.path == stub_issuer.jwks_path]
+    assert "If-None-Match" not in first[0].headers
+    fake_clock.advance(600)
+    assert fresh(stub_issuer, server).sub == "test-client"  # answered 304: old keys serve
+    revalidations = [r for r in stub_issuer.seen if r.url.path == stub_issuer.jwks_path]
+    assert len(revalidations) == 2
+    assert revalidations[1].headers["If-None-Match"] == '"v1"'
+    # The 304 renewed the keys' lifetime.
+    fake_clock.advance(599)
+    fresh(stub_issuer, server)
+    assert stub_issuer.jwks_fetches == 2
+    fake_clock.advance(1)
+    fresh(stub_issuer, server)
+    assert stub_issuer.jwks_fetches == 3
+
+
+# -- unknown kids, rotation and the refetch cooldown ----------------------------------------------
+
+
+def test_a_flood_of_random_kids_refetches_at_most_once_per_cooldown(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    server = stub_issuer.resource_server(refetch_cooldown=30)
+    token = stub_issuer.mint()
+    server.authenticate(bearer(token))
+    rng = random.Random(2)
+    for _ in range(1000):
+        fake_clock.advance(0.01)  # ten seconds of flood in all
+        with pytest.raises(InvalidToken, match="unknown signing key"):
+            server.authenticate(bearer(with_kid(token, f"{rng.getrandbits(64):016x}")))
+    assert stub_issuer.jwks_fetches == 2  # the first fetch and one refetch
+    fresh(stub_issuer, server)  # real tokens keep working, without a fetch
+    assert stub_issuer.jwks_fetches == 2
+    fake_clock.advance(30)
+    with pytest.raises(InvalidToken):
+        server.authenticate(bearer(with_kid(token, "another-random-kid")))
+    assert stub_issuer.jwks_fetches == 3  # the cooldown has passed: one more
+
+
+@pytest.mark.anyio
+async def test_a_concurrent_flood_of_random_kids_refetches_once(stub_issuer: StubIssuer) -> None:
+    server = stub_issuer.resource_server()
+    token = stub_issuer.mint()
+    await server.authenticate_async(bearer(token))
+    failures: list[type[Exception]] = []
+
+    async def attack(kid: str) -> None:
+        try:
+            await server.authenticate_async(bearer(with_kid(token, kid)))
+        except InvalidToken as exc:
+            failures.append(type(exc))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(300):
+            tg.start_soon(attack, f"random-{i}")
+    assert failures == [InvalidToken] * 300
+    assert stub_issuer.jwks_fetches == 2
+
+
+def test_a_key_rotated_in_is_fetched_once_then_served(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    server = stub_issuer.resource_server()
+    old = stub_issuer.current_key
+    fresh(stub_issuer, server)
+    new = stub_issuer.rotate()  # the old key stays published
+    fake_clock.advance(1)
+    assert fresh(stub_issuer, server, key=new).sub == "test-client"
+    assert stub_issuer.jwks_fetches == 2
+    fresh(stub_issuer, server, key=new)
+    fresh(stub_issuer, server, key=new)
+    assert stub_issuer.jwks_fetches == 2
+    assert fresh(stub_issuer, server, key=old).sub == "test-client"  # still published
+    assert stub_issuer.jwks_fetches == 2
+
+
+def test_a_key_removed_from_the_jwks_stops_verifying_after_a_refresh(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    server = stub_issuer.resource_server(jwks_ttl=600)
+    old = stub_issuer.current_key
+    fresh(stub_issuer, server)
+    stub_issuer.rotate(keep_previous=False)
+    fresh(stub_issuer, server, key=old)  # keys still fresh: the old key serves
+    fake_clock.advance(600)
+    fresh(stub_issuer, server)  # routine refresh: the old key is gone
+    with pytest.raises(InvalidToken, match="unknown signing key"):
+        fresh(stub_issuer, server, key=old)
+
+
+def test_a_routine_refresh_does_not_start_the_cooldown(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    server = stub_issuer.resource_server(jwks_ttl=600, refetch_cooldown=30)
+    fresh(stub_issuer, server)
+    fake_clock.advance(600)
+    fresh(stub_issuer, server)  # a routine (max-age) refresh
+    assert stub_issuer.jwks_fetches == 2
+    stub_issuer.rotate()  # Logto rotates right after it
+    fake_clock.advance(1)
+    assert fresh(stub_issuer, server).sub == "test-client"  # the first token with the new kid
+    assert stub_issuer.jwks_fetches == 3
+
+
+def test_an_unknown_kid_refetch_starts_the_cooldown(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    server = stub_issuer.resource_server(refetch_cooldown=30)
+    token = stub_issuer.mint()
+    server.authenticate(bearer(token))
+    with pytest.raises(InvalidToken):
+        server.authenticate(bearer(with_kid(token, "nope")))
+    assert stub_issuer.jwks_fetches == 2
+    stub_issuer.rotate()
+    fake_clock.advance(29)
+    with pytest.raises(InvalidToken, match="unknown signing key"):
+        fresh(stub_issuer, server)  # inside the cooldown: not asked again
+    assert stub_issuer.jwks_fetches == 2
+    fake_clock.advance(1)
+    assert fresh(stub_issuer, server).sub == "test-client"
+    assert stub_issuer.jwks_fetches == 3
+
+
+# -- when the issuer is down -----------------------------------------------------------------------
+
+
+def test_stale_keys_serve_while_the_issuer_is_down_until_max_stale(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    server = stub_issuer.resource_server(jwks_ttl=600, max_stale=1000, refetch_cooldown=30)
+    start = fake_clock.now
+    fresh(stub_issuer, server)
+    stub_issuer.down = True
+    attempts = len(stub_issuer.requests)
+
+    fake_clock.advance(600)  # the keys are stale: one attempt, which fails
+    assert fresh(stub_issuer, server).sub == "test-client"
+    assert len(stub_issuer.requests) == attempts + 1
+    fake_clock.advance(29)  # inside the cooldown: stale keys, no attempt
+    fresh(stub_issuer, server)
+    assert len(stub_issuer.requests) == attempts + 1
+    fake_clock.advance(1)  # cooldown over: one more attempt, still stale keys
+    fresh(stub_issuer, server)
+    assert len(stub_issuer.requests) == attempts + 2
+
+    fake_clock.now = start + 600 + 1000 - 1  # 1 s before the keys are too stale
+    fresh(stub_issuer, server)
+    assert len(stub_issuer.requests) == attempts + 3
+    fake_clock.advance(1)
+    with pytest.raises(IssuerUnavailable) as info:
+        fresh(stub_issuer, server)
+    assert info.value.status_code == 503
+    assert 1 <= info.value.retry_after <= 30
+
+
+def test_cold_and_down_is_issuer_unavailable_with_retry_after(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    stub_issuer.down = True
+    server = stub_issuer.resource_server(refetch_cooldown=30)
+    with pytest.raises(IssuerUnavailable) as info:
+        fresh(stub_issuer, server)
+    assert info.value.status_code == 503
+    assert info.value.retry_after == 30
+    assert info.value.headers["Retry-After"] == "30"
+    assert json.loads(info.value.to_json())["error"] == "temporarily_unavailable"
+
+
+def test_no_more_fetches_than_the_cooldown_allows_while_down(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    stub_issuer.down = True
+    server = stub_issuer.resource_server(refetch_cooldown=30)
+    for _ in range(50):
+        with pytest.raises(IssuerUnavailable):
+            fresh(stub_issuer, server)
+    assert len(stub_issuer.requests) == 1
+    fake_clock.advance(10)
+    with pytest.raises(IssuerUnavailable) as info:
+        fresh(stub_issuer, server)
+    assert info.value.retry_after == 20
+    assert len(stub_issuer.requests) == 1
+    fake_clock.advance(20)
+    with pytest.raises(IssuerUnavailable):
+        fresh(stub_issuer, server)
+    assert len(stub_issuer.requests) == 2
+
+
+@pytest.mark.anyio
+async def test_cold_and_down_async(stub_issuer: StubIssuer) -> None:
+    stub_issuer.down = True
+    server = stub_issuer.resource_server()
+    for _ in range(20):
+        with pytest.raises(IssuerUnavailable):
+            await server.authenticate_async(bearer(stub_issuer.mint()))
+    assert len(stub_issuer.requests) == 1
+
+
+def test_recovery_once_the_issuer_is_back(stub_issuer: StubIssuer, fake_clock: FakeClock) -> None:
+    stub_issuer.down = True
+    server = stub_issuer.resource_server(refetch_cooldown=30)
+    with pytest.raises(IssuerUnavailable):
+        fresh(stub_issuer, server)
+    stub_issuer.down = False
+    fake_clock.advance(30)
+    assert fresh(stub_issuer, server).sub == "test-client"
+    assert stub_issuer.jwks_fetches == 1
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_an_unknown_kid_while_down_with_keys_cached_is_an_invalid_token(
+    stub_issuer: StubIssuer, fake_clock: FakeClock, stale: bool
+) -> None:
+    server = stub_issuer.resource_server(jwks_ttl=600)
+    token = stub_issuer.mint()
+    server.authenticate(bearer(token))
+    stub_issuer.down = True
+    if stale:
+        fake_clock.advance(600)
+    for kid in ("unknown-1", "unknown-2"):
+        with pytest.raises(InvalidToken, match="unknown signing key"):
+            server.authenticate(bearer(with_kid(token, kid)))
+    assert fresh(stub_issuer, server).sub == "test-client"
+
+
+# -- broken documents ------------------------------------------------------------------------------
+
+BROKEN_JWKS = {
+    "not-json": b"<html>oops</html>",
+    "not-utf8": b"\xff\xfe\x00",
+    "json-array": b"[]",
+    "no-keys": b'{"issuer": "x"}',
+    "keys-not-a-list": b'{"keys": {"kty": "EC"}}',
+    "empty-keys": b'{"keys": []}',
+    "all-keys-malformed": json.dumps(
+        {
+            "keys": [
+                {"kty": "EC", "crv": "P-384", "x": "AAAA", "y": "AAAA", "kid": "off-curve"},
+                {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
+                {"kty": "RSA", "n": "AQAB", "e": "AQAB", "kid": "tiny"},
+                {"kty": "OKP", "crv": "X25519", "x": "AAAA", "kid": "x25519"},
+                {"kty": "EC", "kid": 7},
+                "string",
+                42,
+                None,
+            ]
+        }
+    ).encode(),
+    "deeply-nested": b'{"keys": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+}
+
+
+@pytest.mark.parametrize("body", BROKEN_JWKS.values(), ids=BROKEN_JWKS.keys())
+def test_an_unusable_jwks_is_a_fetch_failure(stub_issuer: StubIssuer, body: bytes) -> None:
+    stub_issuer.jwks_body = body
+    server = stub_issuer.resource_server()
+    with pytest.raises(IssuerUnavailable):
+        fresh(stub_issuer, server)
+
+
+@pytest.mark.parametrize("body", BROKEN_JWKS.values(), ids=BROKEN_JWKS.keys())
+def test_an_unusable_jwks_does_not_wipe_cached_keys(
+    stub_issuer: StubIssuer, fake_clock: FakeClock, body: bytes
+) -> None:
+    server = stub_issuer.resource_server(jwks_ttl=600)
+    fresh(stub_issuer, server)
+    stub_issuer.jwks_body = body
+    fake_clock.advance(600)
+    assert fresh(stub_issuer, server).sub == "test-client"
+    assert stub_issuer.jwks_fetches == 2
+
+
+def test_malformed_keys_are_skipped(stub_issuer: StubIssuer) -> None:
+    good = stub_issuer.current_key.jwk
+    broken = json.loads(BROKEN_JWKS["all-keys-malformed"])["keys"]
+    stub_issuer.jwks_body = json.dumps({"keys": [*broken, good]}).encode()
+    server = stub_issuer.resource_server()
+    assert fresh(stub_issuer, server).sub == "test-client"
+
+
+@pytest.mark.parametrize("alg", [["ES384"], {"ES384": True}, 384])
+def test_a_jwk_whose_alg_is_not_a_string_is_skipped(stub_issuer: StubIssuer, alg: Any) -> None:
+    real = stub_issuer.current_key.jwk
+    stub_issuer.jwks_body = json.dumps({"keys": [{**real, "alg": alg}]}).encode()
+    with pytest.raises(IssuerUnavailable):
+        fresh(stub_issuer, stub_issuer.resource_server())
+    stub_issuer.jwks_body = json.dumps(
+        {"keys": [{**real, "alg": alg, "kid": "odd"}, real]}
+    ).encode()
+    assert fresh(stub_issuer, stub_issuer.resource_server()).sub == "test-client"
+
+
+@pytest.mark.parametrize("status", [500, 503, 404, 401])
+def test_a_jwks_error_status_is_a_fetch_failure(stub_issuer: StubIssuer, status: int) -> None:
+    stub_issuer.status[stub_issuer.jwks_path] = status
+    with pytest.raises(IssuerUnavailable):
+        fresh(stub_issuer, stub_issuer.resource_server())
+
+
+def test_an_oversized_jwks_is_rejected(stub_issuer: StubIssuer) -> None:
+    stub_issuer.jwks_body = json.dumps(
+        {**stub_issuer.jwks(), "padding": "x" * (1024 * 1024)}
+    ).encode()
+    with pytest.raises(IssuerUnavailable):
+        fresh(stub_issuer, stub_issuer.resource_server())
+    # A large but reasonable document is fine.
+    stub_issuer.jwks_body = json.dumps({**stub_issuer.jwks(), "padding": "x" * 100_000}).encode()
+    assert fresh(stub_issuer, stub_issuer.resource_server()).sub == "test-client"
+
+
+def test_a_discovery_issuer_mismatch_is_a_failure(
+    stub_issuer: StubIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    stub_issuer.metadata_override["issuer"] = "https://evil.test/oidc"
+    server = stub_issuer.resource_server()
+    with caplog.at_level(logging.WARNING, logger="bearerguard"), pytest.raises(IssuerUnavailable):
+        fresh(stub_issuer, server)
+    assert stub_issuer.jwks_fetches == 0
+    assert "issuer" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "jwks_uri",
+    [
+        "http://issuer.test/oidc/jwks",  # plain http off loopback
+        "https://[::1/jwks",
+        "https://issuer\x00.test/jwks",
+        "/oidc/jwks",
+        42,
+        None,
+    ],
+)
+@pytest.mark.anyio
+async def test_a_bad_discovered_jwks_uri_is_a_failure(
+    stub_issuer: StubIssuer, jwks_uri: Any
+) -> None:
+    stub_issuer.metadata_override["jwks_uri"] = jwks_uri
+    server = stub_issuer.resource_server()
+    with pytest.raises(IssuerUnavailable):
+        fresh(stub_issuer, server)
+    with pytest.raises(IssuerUnavailable):
+        await server.authenticate_async(bearer(stub_issuer.mint()))
+    assert stub_issuer.jwks_fetches == 0
+
+
+def test_logtos_no_cache_with_no_minimum_ttl_revalidates_every_time(
+    stub_issuer: StubIssuer,
+) -> None:
+    """jwks_min_ttl=0 honours no-cache literally: each new token revalidates (ETag: cheap)."""
+    stub_issuer.jwks_headers["Cache-Control"] = "no-cache, max-age=0, must-revalidate"
+    stub_issuer.etag = '"v1"'
+    server = stub_issuer.resource_server(jwks_min_ttl=0, max_stale=0)
+    for _ in range(3):
+        assert fresh(stub_issuer, server).sub == "test-client"
+    assert stub_issuer.jwks_fetches == 3
+
+
+def test_discovery_falls_back_to_oauth_authorization_server(stub_issuer: StubIssuer) -> None:
+    stub_issuer.status[stub_issuer.discovery_path] = 404
+    assert fresh(stub_issuer, stub_issuer.resource_server()).sub == "test-client"
+    assert stub_issuer.requests[0] == stub_issuer.discovery_path
+    assert stub_issuer.fallback_path in stub_issuer.requests
+    assert stub_issuer.jwks_fetches == 1
+
+
+def test_no_discovery_document_at_all_is_a_failure(stub_issuer: StubIssuer) -> None:
+    stub_issuer.status[stub_issuer.discovery_path] = 404
+    stub_issuer.status[stub_issuer.fallback_path] = 404
+    with pytest.raises(IssuerUnavailable):
+        fresh(stub_issuer, stub_issuer.resource_server())
+    assert stub_issuer.jwks_fetches == 0
+
+
+def test_jwks_uri_skips_discovery(stub_issuer: StubIssuer, fake_clock: FakeClock) -> None:
+    server = ResourceServer(
+        stub_issuer.issuer,
+        stub_issuer.audience,
+        jwks_uri=stub_issuer.issuer + "/jwks",
+        transport=stub_issuer.transport(),
+        clock=fake_clock,
+    )
+    fresh(stub_issuer, server)
+    assert stub_issuer.requests == [stub_issuer.jwks_path]
+
+
+# -- single flight ---------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_single_flight_across_100_tasks(stub_issuer: StubIssuer) -> None:
+    entered, release = anyio.Event(), anyio.Event()
+
+    async def slow_jwks(request: httpx.Request) -> httpx.Response:
+        if request.url.path == stub_issuer.jwks_path:
+            entered.set()
+            await release.wait()
+        return stub_issuer.handle(request)
+
+    server = stub_issuer.resource_server(transport=httpx.MockTransport(slow_jwks))
+    tokens = [stub_issuer.mint() for _ in range(100)]
+    verified: list[AccessToken] = []
+
+    async def request(token: str) -> None:
+        verified.append(await server.authenticate_async(bearer(token)))
+
+    async with anyio.create_task_group() as tg:
+        for token in tokens:
+            tg.start_soon(request, token)
+        with anyio.fail_after(10):
+            await entered.wait()
+        for _ in range(20):  # let every task run up to the fetch in flight
+            await anyio.lowlevel.checkpoint()
+        release.set()
+    assert len(verified) == 100
+    assert stub_issuer.jwks_fetches == 1
+    assert stub_issuer.discovery_fetches == 1
+
+
+def test_single_flight_across_16_threads(stub_issuer: StubIssuer) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_jwks(request: httpx.Request) -> httpx.Response:
+        if request.url.path == stub_issuer.jwks_path:
+            entered.set()
+            release.wait(10)
+        return stub_issuer.handle(request)
+
+    server = stub_issuer.resource_server(transport=httpx.MockTransport(slow_jwks))
+    tokens = [stub_issuer.mint() for _ in range(16)]
+    start = threading.Barrier(16)
+    verified: list[AccessToken] = []
+    errors: list[BaseException] = []
+
+    def request(token: str) -> None:
+        start.wait(10)
+        try:
+            verified.append(server.authenticate(bearer(token)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=request, args=(t,)) for t in tokens]
+    try:
+        for thread in threads:
+            thread.start()
+        assert entered.wait(10)
+        time.sleep(0.05)  # not a clock: lets the other 15 threads pile up behind the fetch
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    assert len(verified) == 16
+    assert stub_issuer.jwks_fetches == 1
+    assert stub_issuer.discovery_fetches == 1
+
+
+# -- the verified-token cache ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def signature_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Counts the signature checks ResourceServer makes."""
+    calls: list[str] = []
+    real = bearerguard.server.check_signature
+
+    def counting(*args: Any) -> None:
+        calls.append("check")
+        real(*args)
+
+    monkeypatch.setattr(bearerguard.server, "check_signature", counting)
+    return calls
+
+
+def test_a_verified_token_is_answered_from_the_cache(
+    stub_issuer: StubIssuer, signature_checks: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = stub_issuer.resource_server()
+    token = stub_issuer.mint("read:products")
+    first = server.authenticate(bearer(token))
+    assert signature_checks == ["check"]
+
+    def no_more_work(*args: Any) -> None:
+        raise AssertionError("a cache hit parsed or checked the token again")
+
+    for name in ("check_issuer", "check_header", "check_claims", "parse", "decode_segment"):
+        if hasattr(bearerguard.server, name):
+            monkeypatch.setattr(bearerguard.server, name, no_more_work)
+    second = server.authenticate(bearer(token))
+    assert second.scopes == first.scopes == {"read:products"}
+    assert signature_checks == ["check"]
+    assert stub_issuer.jwks_fetches == 1
+
+
+@pytest.mark.anyio
+async def test_a_verified_token_is_answered_from_the_cache_async(
+    stub_issuer: StubIssuer, signature_checks: list[str]
+) -> None:
+    server = stub_issuer.resource_server()
+    token = stub_issuer.mint()
+    for _ in range(3):
+        await server.authenticate_async(bearer(token))
+    assert signature_checks == ["check"]
+
+
+@pytest.mark.parametrize("leeway", [0, 30])
+def test_a_cached_token_is_rejected_once_it_expires(
+    stub_issuer: StubIssuer, fake_clock: FakeClock, signature_checks: list[str], leeway: int
+) -> None:
+    server = stub_issuer.resource_server(leeway=leeway)
+    token = stub_issuer.mint(expires_in=60)
+    server.authenticate(bearer(token))
+    fake_clock.advance(60 + leeway - 1)
+    server.authenticate(bearer(token))
+    assert signature_checks == ["check"]  # still a hit
+    fake_clock.advance(1)
+    with pytest.raises(InvalidToken, match="expired"):
+        server.authenticate(bearer(token))
+
+
+@pytest.mark.anyio
+async def test_a_cached_token_is_rejected_once_it_expires_async(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    server = stub_issuer.resource_server(leeway=0)
+    token = stub_issuer.mint(expires_in=60)
+    await server.authenticate_async(bearer(token))
+    fake_clock.advance(60)
+    with pytest.raises(InvalidToken, match="expired"):
+        await server.authenticate_async(bearer(token))
+
+
+def test_a_cache_entry_lives_at_most_token_cache_ttl(
+    stub_issuer: StubIssuer, fake_clock: FakeClock, signature_checks: list[str]
+) -> None:
+    server = stub_issuer.resource_server(token_cache_ttl=10)
+    token = stub_issuer.mint()
+    server.authenticate(bearer(token))
+    fake_clock.advance(9)
+    server.authenticate(bearer(token))
+    assert len(signature_checks) == 1
+    fake_clock.advance(1)
+    server.authenticate(bearer(token))
+    assert len(signature_checks) == 2
+
+
+def test_token_cache_size_zero_turns_the_cache_off(
+    stub_issuer: StubIssuer, signature_checks: list[str]
+) -> None:
+    server = stub_issuer.resource_server(token_cache_size=0)
+    token = stub_issuer.mint()
+    for _ in range(3):
+        server.authenticate(bearer(token))
+    assert len(signature_checks) == 3
+
+
+def test_the_token_cache_is_bounded(stub_issuer: StubIssuer, signature_checks: list[str]) -> None:
+    server = stub_issuer.resource_server(token_cache_size=2)
+    tokens = [stub_issuer.mint() for _ in range(3)]
+    for token in tokens:
+        server.authenticate(bearer(token))
+    assert len(signature_checks) == 3
+    server.authenticate(bearer(tokens[2]))  # recent: still cached
+    assert len(signature_checks) == 3
+    server.authenticate(bearer(tokens[0]))  # pushed out by the third token
+    assert len(signature_checks) == 4
+    for token in [stub_issuer.mint() for _ in range(50)]:
+        server.authenticate(bearer(token))
+    checks = len(signature_checks)
+    server.authenticate(bearer(tokens[0]))  # long gone
+    assert len(signature_checks) == checks + 1
