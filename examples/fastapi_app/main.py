@@ -6,11 +6,14 @@ Configure with AUTH_ISSUER (e.g. https://<tenant>.logto.app/oidc) and AUTH_AUDIE
 
 from __future__ import annotations
 
+import json
 import os
 import threading
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Response, Security
+from fastapi import FastAPI, HTTPException, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictFloat, StrictInt
 
 from bearerguard import AccessToken, ResourceServer
@@ -30,6 +33,16 @@ Write = Annotated[AccessToken, Security(auth, scopes=["write:products"])]
 Authenticated = Annotated[AccessToken, Security(auth)]
 
 app = FastAPI(title="Shopping API", version="1.0")
+
+
+@app.exception_handler(RequestValidationError)
+async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming what is wrong, without echoing the client's input back (FastAPI's default
+    handler does, and fails on input it cannot encode)."""
+    detail = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
 # Deny by default: every route needs a valid token unless listed here. The Security
 # dependencies then add each route's scopes and document them in /docs.
 app.add_middleware(
@@ -41,7 +54,7 @@ app.add_middleware(
 
 class NewProduct(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-    price: StrictInt | StrictFloat = Field(ge=0)
+    price: StrictInt | StrictFloat = Field(ge=0, le=1_000_000_000)
 
 
 class Product(NewProduct):
@@ -112,5 +125,7 @@ def delete_product(product_id: int, token: Write) -> Response:
 
 
 @app.get("/whoami")
-def whoami(token: Authenticated) -> dict[str, Any]:
-    return {"sub": token.sub, "client_id": token.client_id, "scopes": sorted(token.scopes)}
+def whoami(token: Authenticated) -> Response:
+    body = {"sub": token.sub, "client_id": token.client_id, "scopes": sorted(token.scopes)}
+    # json.dumps escapes what UTF-8 cannot carry (a signed claim may hold a lone surrogate).
+    return Response(json.dumps(body), media_type="application/json")

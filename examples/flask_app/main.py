@@ -71,6 +71,9 @@ class Store:
 store = Store()
 
 
+MAX_PRICE = 1_000_000_000
+
+
 def new_product(body: Any) -> tuple[str, float]:
     """Validate {"name": non-empty str, "price": number >= 0}, or answer 422."""
     if not isinstance(body, dict):
@@ -80,8 +83,9 @@ def new_product(body: Any) -> tuple[str, float]:
         abort(422, "name must be a string of 1 to 200 characters")
     if isinstance(price, bool) or not isinstance(price, (int, float)):
         abort(422, "price must be a number")
-    if not math.isfinite(price) or price < 0:
-        abort(422, "price must be a finite number >= 0")
+    # An int can be too large for a float (math.isfinite would raise): cap it first.
+    if not 0 <= price <= MAX_PRICE or not math.isfinite(price):
+        abort(422, f"price must be a number from 0 to {MAX_PRICE}")
     return name, price
 
 

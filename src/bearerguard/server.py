@@ -165,6 +165,13 @@ class ResourceServer:
 
     def authenticate(self, authorization: str | None) -> AccessToken:
         """Verify the ``Authorization`` header value; blocking I/O only to fetch keys."""
+        # The hot path: a token verified before costs one dict lookup. Entries are keyed
+        # "Bearer <token>", so the usual header is its own key, and only verified tokens are
+        # cached: a header that finds an entry is well-formed.
+        if authorization is not None:
+            hit = self._cached(authorization)
+            if hit is not None:
+                return hit
         try:
             return self._verify(
                 parse_authorization(authorization, max_length=self.max_token_length)
@@ -180,9 +187,12 @@ class ResourceServer:
                 return hit
         try:
             token = parse_authorization(authorization, max_length=self.max_token_length)
+            hit = self._cached("Bearer " + token)
+            if hit is not None:
+                return hit
             parsed, alg, kid, iss = self._prepare(token)
             key = await self._sources[iss].get_key_async(kid)
-            return self._finish(authorization or token, parsed, alg, key)
+            return self._finish(token, parsed, alg, key)
         except AuthError as exc:
             raise self.with_realm(exc) from None
 
@@ -217,7 +227,7 @@ class ResourceServer:
         return exc
 
     def _verify(self, token: str) -> AccessToken:
-        hit = self._cached(token)
+        hit = self._cached("Bearer " + token)
         if hit is not None:
             return hit
         parsed, alg, kid, iss = self._prepare(token)
@@ -226,7 +236,7 @@ class ResourceServer:
 
     def _cached(self, key: str) -> AccessToken | None:
         # The hit path: one dict lookup and one clock read, no parsing, no lock (dict reads
-        # are atomic). ``key`` is the whole Authorization value, or the raw token.
+        # are atomic). ``key`` is "Bearer <token>", whichever face verified the token.
         entry = self._token_cache.get(key)
         if entry is not None and self._clock() < entry[1]:
             return entry[0]
@@ -264,11 +274,11 @@ class ResourceServer:
         iss = check_issuer(payload, self.options)
         return parsed, known[1], known[2], iss
 
-    def _finish(self, key: str, parsed: ParsedToken, alg: str, vkey: Any) -> AccessToken:
+    def _finish(self, token: str, parsed: ParsedToken, alg: str, vkey: Any) -> AccessToken:
         check_signature(parsed, alg, vkey)
         now = self._clock()
         access = check_claims(parsed.payload, self.options, now)
-        self._remember(key, access, now)
+        self._remember("Bearer " + token, access, now)
         return access
 
     @property
