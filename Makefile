@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest demo serve bench clean
+.PHONY: install test lint typecheck pytest demo serve bench fuzz soak clean
 
 install: $(STAMP)
 
@@ -40,6 +40,15 @@ bench: install
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/jwks.py
 	if command -v wrk >/dev/null; then $(BIN)/python bench/throughput.py; fi
+
+# Long property-based fuzzing (minutes); prints how many inputs were tried.
+fuzz: install
+	$(BIN)/python bench/fuzz.py
+
+# Five minutes of mixed load on both examples under uvicorn/gunicorn (needs wrk).
+soak: install
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
