@@ -192,3 +192,79 @@ def test_fetch_timeout_applies_to_an_injected_client_without_one() -> None:
         with pytest.raises(IssuerUnavailable):
             server.authenticate(bearer(token))
         assert time.monotonic() - started < BOUND
+
+
+# -- redirects -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def redirecting_issuer(target: str) -> Iterator[tuple[str, list[str]]]:
+    """An issuer on 127.0.0.1 whose discovery is honest but whose JWKS answers 302 to ``target``.
+
+    Yields the issuer URL and the list of paths it was asked for.
+    """
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: list[str] = []
+    base: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            if self.path == "/oidc/.well-known/openid-configuration":
+                body = json.dumps({"issuer": base[0], "jwks_uri": base[0] + "/jwks"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    base.append(f"http://127.0.0.1:{server.server_address[1]}/oidc")
+    try:
+        yield base[0], asked
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_a_redirected_jwks_is_a_failed_fetch_even_with_a_following_client(face: str) -> None:
+    # The redirect target is a real JWKS holding the token's key: following it would succeed,
+    # so a 503 here proves the redirect was refused, not that the target was broken.
+    keys = LocalIssuer(audience=AUDIENCE)
+    with keys.serve() as target_issuer, redirecting_issuer(target_issuer + "/jwks") as (url, asked):
+        keys.issuer = url  # mint for the redirecting issuer, with the target's key
+        minted = keys.mint()
+        keys.issuer = target_issuer
+        keys.requests.clear()
+        if face == "sync":
+            with httpx.Client(follow_redirects=True, timeout=5) as client:
+                server = ResourceServer(url, AUDIENCE, http_client=client)
+                with pytest.raises(IssuerUnavailable):
+                    server.authenticate(bearer(minted))
+        else:
+            import asyncio
+
+            async def run() -> None:
+                async with httpx.AsyncClient(follow_redirects=True, timeout=5) as client:
+                    server = ResourceServer(url, AUDIENCE, async_http_client=client)
+                    with pytest.raises(IssuerUnavailable):
+                        await server.authenticate_async(bearer(minted))
+
+            asyncio.run(run())
+    assert asked == ["/oidc/.well-known/openid-configuration", "/oidc/jwks"]
+    assert keys.requests == []  # the redirect target was never asked

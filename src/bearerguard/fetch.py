@@ -203,7 +203,9 @@ def send_sync(
     client: httpx.Client, request: httpx.Request, *, deadline: float, max_bytes: int
 ) -> Fetched:
     try:
-        response = client.send(request, stream=True)
+        # Never follow a redirect, whatever the client's own setting: a 3xx could lead off the
+        # checked https/loopback URL, so it is a failed fetch.
+        response = client.send(request, stream=True, follow_redirects=False)
         try:
             body = bytearray()
             for chunk in response.iter_bytes():
@@ -223,7 +225,7 @@ async def send_async(
     client: httpx.AsyncClient, request: httpx.Request, *, max_bytes: int
 ) -> Fetched:
     try:
-        response = await client.send(request, stream=True)
+        response = await client.send(request, stream=True, follow_redirects=False)
         try:
             body = bytearray()
             async for chunk in response.aiter_bytes():
