@@ -409,6 +409,43 @@ def test_an_oversized_jwks_is_rejected(stub_issuer: StubIssuer) -> None:
     assert fresh(stub_issuer, stub_issuer.resource_server()).sub == "test-client"
 
 
+def test_a_jwks_with_more_than_100_keys_is_rejected(stub_issuer: StubIssuer) -> None:
+    real = stub_issuer.current_key.jwk
+    decoys = [{**real, "kid": f"decoy-{i}"} for i in range(100)]
+    stub_issuer.jwks_body = json.dumps({"keys": [*decoys, real]}).encode()
+    with pytest.raises(IssuerUnavailable):
+        fresh(stub_issuer, stub_issuer.resource_server())
+    stub_issuer.jwks_body = json.dumps({"keys": [*decoys[:99], real]}).encode()
+    assert fresh(stub_issuer, stub_issuer.resource_server()).sub == "test-client"
+
+
+def test_private_members_of_a_published_jwk_are_never_loaded(stub_issuer: StubIssuer) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    from bearerguard.keys import KeySet
+
+    # An issuer misconfigured to publish its private key: only the public half is ever used.
+    leaked = json.loads(ECAlgorithm.to_jwk(stub_issuer.current_key.private_key))
+    assert "d" in leaked
+    leaked["kid"] = stub_issuer.current_key.kid
+    (key,) = KeySet.from_jwks({"keys": [leaked]}).keys
+    assert isinstance(key.public_key, ec.EllipticCurvePublicKey)
+    stub_issuer.jwks_body = json.dumps({"keys": [leaked]}).encode()
+    assert fresh(stub_issuer, stub_issuer.resource_server()).sub == "test-client"
+
+
+def test_the_header_segment_cache_is_bounded(stub_issuer: StubIssuer) -> None:
+    server = stub_issuer.resource_server()
+    fresh(stub_issuer, server)
+    token = stub_issuer.mint()
+    for i in range(1000):  # a flood of distinct, well-formed headers (unknown kids)
+        with pytest.raises(InvalidToken):
+            server.authenticate(bearer(with_kid(token, f"random-{i}")))
+    assert len(server._headers) <= 256
+    assert stub_issuer.jwks_fetches == 2  # the first fetch, then one refetch for unknown kids
+
+
 def test_a_discovery_issuer_mismatch_is_a_failure(
     stub_issuer: StubIssuer, caplog: pytest.LogCaptureFixture
 ) -> None:
