@@ -187,12 +187,13 @@ class ResourceServer:
                 return hit
         try:
             token = parse_authorization(authorization, max_length=self.max_token_length)
-            hit = self._cached("Bearer " + token)
+            cache_key = "Bearer " + token
+            hit = self._cached(cache_key)
             if hit is not None:
                 return hit
             parsed, alg, kid, iss = self._prepare(token)
             key = await self._sources[iss].get_key_async(kid)
-            return self._finish(token, parsed, alg, key)
+            return self._finish(cache_key, parsed, alg, key)
         except AuthError as exc:
             raise self.with_realm(exc) from None
 
@@ -227,12 +228,13 @@ class ResourceServer:
         return exc
 
     def _verify(self, token: str) -> AccessToken:
-        hit = self._cached("Bearer " + token)
+        cache_key = "Bearer " + token  # built once: the lookup and the insert share its hash
+        hit = self._cached(cache_key)
         if hit is not None:
             return hit
         parsed, alg, kid, iss = self._prepare(token)
         key = self._sources[iss].get_key(kid)
-        return self._finish(token, parsed, alg, key)
+        return self._finish(cache_key, parsed, alg, key)
 
     def _cached(self, key: str) -> AccessToken | None:
         # The hit path: one dict lookup and one clock read, no parsing, no lock (dict reads
@@ -274,11 +276,11 @@ class ResourceServer:
         iss = check_issuer(payload, self.options)
         return parsed, known[1], known[2], iss
 
-    def _finish(self, token: str, parsed: ParsedToken, alg: str, vkey: Any) -> AccessToken:
+    def _finish(self, cache_key: str, parsed: ParsedToken, alg: str, vkey: Any) -> AccessToken:
         check_signature(parsed, alg, vkey)
         now = self._clock()
         access = check_claims(parsed.payload, self.options, now)
-        self._remember("Bearer " + token, access, now)
+        self._remember(cache_key, access, now)
         return access
 
     @property
