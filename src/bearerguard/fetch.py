@@ -337,18 +337,8 @@ class KeySource:
 
     # -- the sync face ------------------------------------------------------------------------
 
-    def fresh_key(self, kid: str | None, now: float) -> VerificationKey | None:
-        """The key when the cache is fresh and holds ``kid``: the common case, decided
-        without planning (``KeyCache.plan`` would answer USE)."""
-        cache = self.cache
-        keys = cache.keys
-        if keys is not None and now < cache.expires_at:
-            return keys.find(kid)
-        return None
-
     def get_key(self, kid: str | None) -> VerificationKey:
-        now = self.clock()
-        key = self.fresh_key(kid, now) or self._decide(kid, now)
+        key = self._decide(kid, self.clock())
         if key is not None:
             return key
         with self._lock:  # single flight across threads
@@ -405,8 +395,7 @@ class KeySource:
     # -- the async face -----------------------------------------------------------------------
 
     async def get_key_async(self, kid: str | None) -> VerificationKey:
-        now = self.clock()
-        key = self.fresh_key(kid, now) or self._decide(kid, now)
+        key = self._decide(kid, self.clock())
         if key is not None:
             return key
         loop = asyncio.get_running_loop()
