@@ -297,6 +297,12 @@ case("duplicate-member-in-payload")(
         json.dumps(w.claims(aud="https://evil.test"))[:-1] + f', "aud": "{AUDIENCE}"}}',
     )
 )
+# One JSON value per segment, whatever follows it (the decoder's fast path must not stop early)
+case("payload-followed-by-a-second-object")(
+    lambda w: _raw_payload(w, json.dumps(w.claims()) + json.dumps({"aud": "https://evil.test"}))
+)
+case("payload-followed-by-garbage")(lambda w: _raw_payload(w, json.dumps(w.claims()) + "x"))
+case("payload-empty")(lambda w: _raw_payload(w, ""))
 
 # JOSE header parameters
 case("crit-unknown")(lambda w: w.token(w.header(crit=["exp"], exp=NOW + 60)))
@@ -635,3 +641,9 @@ def test_claims_are_read_only_and_custom_claims_are_kept(world: World) -> None:
     assert access.claims["roles"] == ["admin"]
     with pytest.raises(TypeError):
         access.claims["tenant"] = "evil"  # type: ignore[index]
+
+
+def test_json_whitespace_around_the_payload_is_accepted(world: World) -> None:
+    # RFC 8259 allows whitespace around a value; the full decoder handles what the fast path skips.
+    token = world.token(claims=" \n" + json.dumps(world.claims()) + "\t ")
+    assert world.server().authenticate(f"Bearer {token}").sub is not None
