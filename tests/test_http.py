@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -130,8 +133,6 @@ def test_injected_clients_are_used_for_both_faces() -> None:
         server.authenticate(bearer(issuer.mint()))
         assert seen == ["sync /oidc/.well-known/openid-configuration", "sync /oidc/jwks"]
 
-        import asyncio
-
         async def run() -> None:
             other = ResourceServer(url, AUDIENCE, async_http_client=async_client)
             await other.authenticate_async(bearer(issuer.mint()))
@@ -203,9 +204,6 @@ def redirecting_issuer(target: str) -> Iterator[tuple[str, list[str]]]:
 
     Yields the issuer URL and the list of paths it was asked for.
     """
-    import json
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     asked: list[str] = []
     base: list[str] = []
 
@@ -247,17 +245,13 @@ def test_a_redirected_jwks_is_a_failed_fetch_even_with_a_following_client(face: 
     # so a 503 here proves the redirect was refused, not that the target was broken.
     keys = LocalIssuer(audience=AUDIENCE)
     with keys.serve() as target_issuer, redirecting_issuer(target_issuer + "/jwks") as (url, asked):
-        keys.issuer = url  # mint for the redirecting issuer, with the target's key
-        minted = keys.mint()
-        keys.issuer = target_issuer
-        keys.requests.clear()
+        minted = keys.mint(claims={"iss": url})  # for the redirecting issuer, the target's key
         if face == "sync":
             with httpx.Client(follow_redirects=True, timeout=5) as client:
                 server = ResourceServer(url, AUDIENCE, http_client=client)
                 with pytest.raises(IssuerUnavailable):
                     server.authenticate(bearer(minted))
         else:
-            import asyncio
 
             async def run() -> None:
                 async with httpx.AsyncClient(follow_redirects=True, timeout=5) as client:
