@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
@@ -647,3 +648,38 @@ def test_json_whitespace_around_the_payload_is_accepted(world: World) -> None:
     # RFC 8259 allows whitespace around a value; the full decoder handles what the fast path skips.
     token = world.token(claims=" \n" + json.dumps(world.claims()) + "\t ")
     assert world.server().authenticate(f"Bearer {token}").sub is not None
+
+
+def _top_byte_class(byte: int) -> str:
+    return "zero" if byte == 0 else "low" if byte < 0x80 else "high"
+
+
+@pytest.mark.parametrize("alg", ["ES256", "ES384", "ES512"])
+def test_ecdsa_signatures_of_every_shape_verify(alg: str) -> None:
+    """JWS's r||s becomes DER by fixed framing, or through the encoder when a half starts with
+    0x00: each shape must verify, and fail with one bit flipped or for other data."""
+    from bearerguard.keys import KeySet
+
+    key = SigningKey.generate(alg, kid="k")
+    verify = KeySet.from_jwks({"keys": [key.jwk]}).keys[0].verifiers[alg]
+    size = {"ES256": 32, "ES384": 48, "ES512": 66}[alg]
+    classes = ("zero", "low") if alg == "ES512" else ("zero", "low", "high")  # P-521: 0 or 1
+    wanted = {(half, c) for half in "rs" for c in classes}
+    wanted |= {(r, s) for r in classes for s in classes if "zero" not in (r, s)}
+    seen: set[tuple[str, str]] = set()
+    for i in range(5000):  # a half starts with 0x00 once in 256 signatures
+        data = f"message {i}".encode()
+        raw = ALGORITHMS[alg].sign(data, key.private_key)
+        r, s = _top_byte_class(raw[0]), _top_byte_class(raw[size])
+        shapes = {("r", r), ("s", s), (r, s)} & wanted
+        if shapes <= seen:
+            continue
+        seen |= shapes
+        verify(raw, data)
+        with pytest.raises(InvalidSignature):
+            verify(raw[:-1] + bytes([raw[-1] ^ 1]), data)
+        with pytest.raises(InvalidSignature):
+            verify(raw, data + b"!")
+        if seen == wanted:
+            break
+    assert seen == wanted

@@ -247,7 +247,7 @@ def _signature(server: ResourceServer, parsed: ParsedToken, alg: Any) -> Check:
         kids = ", ".join(str(k.kid) for k in held) or "none"
         return Check("signature", False, f"{exc.description} (kid {kid}); the JWKS has: {kids}")
     try:
-        check_signature(parsed, alg, key)
+        check_signature(parsed.signature, parsed.signing_input, alg, key)
     except InvalidToken as exc:
         return Check("signature", False, f"{exc.description} (kid {kid}, {alg})")
     return Check("signature", True, f"kid {kid} is in the issuer's JWKS; {alg} signature valid")

@@ -338,6 +338,9 @@ class KeySource:
     # -- the sync face ------------------------------------------------------------------------
 
     def get_key(self, kid: str | None) -> VerificationKey:
+        key = self.cache.fresh(kid, self.clock())  # the common case, before the full plan
+        if key is not None:
+            return key
         key = self._decide(kid, self.clock())
         if key is not None:
             return key
@@ -395,6 +398,9 @@ class KeySource:
     # -- the async face -----------------------------------------------------------------------
 
     async def get_key_async(self, kid: str | None) -> VerificationKey:
+        key = self.cache.fresh(kid, self.clock())
+        if key is not None:
+            return key
         key = self._decide(kid, self.clock())
         if key is not None:
             return key

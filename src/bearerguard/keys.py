@@ -49,6 +49,21 @@ class JWKSError(ValueError):
 Verifier = Callable[[bytes, bytes], None]  # (signature, signing input); raises on mismatch
 
 
+def _der_frames(size: int) -> tuple[tuple[bytes, bytes], ...]:
+    """DER framing for an ECDSA (r, s) whose halves are ``size`` bytes, neither starting 0x00.
+
+    Indexed by (r's top bit) + 2 * (s's top bit): a set top bit needs a 0x00 pad byte to keep
+    the INTEGER positive. Returns (SEQUENCE + INTEGER header for r, INTEGER header for s).
+    """
+    frames = []
+    for pad_r, pad_s in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        body = (2 + size + pad_r) + (2 + size + pad_s)
+        length = bytes([body]) if body < 0x80 else bytes([0x81, body])
+        head = b"\x30" + length + bytes([0x02, size + pad_r]) + b"\x00" * pad_r
+        frames.append((head, bytes([0x02, size + pad_s]) + b"\x00" * pad_s))
+    return tuple(frames)
+
+
 def _verifier(public: PublicKey, alg: str) -> Verifier:
     """A verify function with key, algorithm, hash and padding fixed once, at key load.
 
@@ -59,13 +74,22 @@ def _verifier(public: PublicKey, alg: str) -> Verifier:
         size = (public.curve.key_size + 7) // 8
         ecdsa = ec.ECDSA(HASHES[alg]())
         verify_ec = public.verify
+        frames = _der_frames(size)
 
         def check_ec(sig: bytes, data: bytes) -> None:
             if len(sig) != 2 * size:
                 raise InvalidSignature
-            r = int.from_bytes(sig[:size], "big")
-            s = int.from_bytes(sig[size:], "big")
-            verify_ec(encode_dss_signature(r, s), data, ecdsa)
+            r0, s0 = sig[0], sig[size]
+            if r0 and s0:
+                # cryptography wants DER. When neither half starts with a zero byte, r||s is
+                # DER with fixed framing (the halves are already minimal), a few concatenations
+                # instead of two big ints and an encoder call.
+                head, mid = frames[(r0 > 0x7F) + 2 * (s0 > 0x7F)]
+                der = head + sig[:size] + mid + sig[size:]
+            else:
+                r = int.from_bytes(sig[:size], "big")
+                der = encode_dss_signature(r, int.from_bytes(sig[size:], "big"))
+            verify_ec(der, data, ecdsa)
 
         return check_ec
     if isinstance(public, rsa.RSAPublicKey):
@@ -239,6 +263,13 @@ class KeyCache:
         self.retry_at = -float("inf")  # after a failure: when the issuer may be asked again
         self.last_error: str | None = None
         self.fetches = 0
+
+    def fresh(self, kid: str | None, now: float) -> VerificationKey | None:
+        """The key for ``kid`` when fresh keys hold it: the common case, answered lock-free."""
+        keys = self.keys
+        if keys is not None and now < self.expires_at:
+            return keys.find(kid)
+        return None
 
     def plan(self, kid: str | None, now: float) -> Action:
         keys = self.keys

@@ -12,13 +12,12 @@ import httpx
 from .bearer import TOKEN68, parse_authorization
 from .errors import AuthError, ConfigurationError, InsufficientScope, InvalidRequest, InvalidToken
 from .fetch import KeySource, Transport, check_url
-from .keys import CachePolicy, KeyCache
+from .keys import CachePolicy, KeyCache, VerificationKey
 from .token import AccessToken
 from .verify import (
     DEFAULT_ALGORITHMS,
     RFC9068_REQUIRED,
     SUPPORTED_ALGORITHMS,
-    ParsedToken,
     VerifyOptions,
     check_claims,
     check_header,
@@ -147,7 +146,7 @@ class ResourceServer:
         self._token_cache_size = int(token_cache_size)
         self._token_cache_ttl = _positive(token_cache_ttl, "token_cache_ttl")
         self._token_cache_lock = threading.Lock()
-        self._headers: dict[str, tuple[dict[str, Any], str, str | None]] = {}
+        self._headers: dict[str, tuple[str, str | None]] = {}
 
     @classmethod
     def logto(
@@ -174,7 +173,8 @@ class ResourceServer:
                 return hit
         try:
             return self._verify(
-                parse_authorization(authorization, max_length=self.max_token_length)
+                parse_authorization(authorization, max_length=self.max_token_length),
+                authorization,
             )
         except AuthError as exc:
             raise self.with_realm(exc) from None
@@ -187,13 +187,14 @@ class ResourceServer:
                 return hit
         try:
             token = parse_authorization(authorization, max_length=self.max_token_length)
-            cache_key = "Bearer " + token
-            hit = self._cached(cache_key)
-            if hit is not None:
-                return hit
-            parsed, alg, kid, iss = self._prepare(token)
+            cache_key = self._miss_key(token, authorization)
+            if cache_key is not None and cache_key is not authorization:
+                hit = self._cached(cache_key)
+                if hit is not None:
+                    return hit
+            payload, signing_input, signature, alg, kid, iss = self._prepare(token)
             key = await self._sources[iss].get_key_async(kid)
-            return self._finish(cache_key, parsed, alg, key)
+            return self._finish(cache_key, payload, signing_input, signature, alg, key)
         except AuthError as exc:
             raise self.with_realm(exc) from None
 
@@ -227,14 +228,32 @@ class ResourceServer:
             exc.realm = self.realm
         return exc
 
-    def _verify(self, token: str) -> AccessToken:
-        cache_key = "Bearer " + token  # built once: the lookup and the insert share its hash
-        hit = self._cached(cache_key)
-        if hit is not None:
-            return hit
-        parsed, alg, kid, iss = self._prepare(token)
+    def _verify(self, token: str, header: str | None = None) -> AccessToken:
+        cache_key = self._miss_key(token, header)
+        if cache_key is not None and cache_key is not header:
+            hit = self._cached(cache_key)
+            if hit is not None:
+                return hit
+        payload, signing_input, signature, alg, kid, iss = self._prepare(token)
         key = self._sources[iss].get_key(kid)
-        return self._finish(cache_key, parsed, alg, key)
+        return self._finish(cache_key, payload, signing_input, signature, alg, key)
+
+    def _miss_key(self, token: str, header: str | None) -> str | None:
+        """The cache key under which ``token`` is remembered; None when the cache is off.
+
+        When ``header`` is exactly "Bearer <token>" it is the key itself: it was looked up
+        already, and the str keeps its hash, so the insert does not hash 1 KB again.
+        """
+        if not self._token_cache_size:
+            return None
+        if (
+            header is not None
+            and len(header) == len(token) + 7
+            and header.startswith("Bearer ")
+            and header.endswith(token)
+        ):
+            return header
+        return "Bearer " + token
 
     def _cached(self, key: str) -> AccessToken | None:
         # The hit path: one dict lookup and one clock read, no parsing, no lock (dict reads
@@ -245,8 +264,6 @@ class ResourceServer:
         return None
 
     def _remember(self, key: str, access: AccessToken, now: float) -> None:
-        if not self._token_cache_size:
-            return
         # An entry never outlives the token (exp + leeway) nor the cache TTL.
         deadline = min(access.expires_at + self.options.leeway, now + self._token_cache_ttl)
         cache = self._token_cache
@@ -255,32 +272,47 @@ class ResourceServer:
                 del cache[next(iter(cache))]  # the oldest entry first (insertion order)
             cache[key] = (access, deadline)
 
-    def _prepare(self, token: str) -> tuple[ParsedToken, str, str | None, str]:
+    def _prepare(self, token: str) -> tuple[dict[str, Any], bytes, bytes, str, str | None, str]:
+        """Everything that needs no key: (payload, signing input, signature, alg, kid, iss)."""
         try:
             h, p, s = split(token)
             known = self._headers.get(h)
             if known is None:
-                # Tokens of one issuer key share their header segment: check it once.
-                header = decode_segment(h, "header")
-                known = (header, check_header(header, self.options), header.get("kid"))
-                if len(self._headers) >= 256:
-                    self._headers.clear()
-                self._headers[h] = known
+                known = self._check_header(h)
             payload = decode_segment(p, "payload")
-            parsed = ParsedToken(known[0], payload, f"{h}.{p}".encode(), decode_signature(s))
+            signature = decode_signature(s)
         except InvalidToken:
             if not TOKEN68.fullmatch(token):
                 raise InvalidRequest("bearer credentials must be a single token68 value") from None
             raise
         # iss picks the key source; it is checked against the configured set before any I/O.
         iss = check_issuer(payload, self.options)
-        return parsed, known[1], known[2], iss
+        return payload, f"{h}.{p}".encode(), signature, known[0], known[1], iss
 
-    def _finish(self, cache_key: str, parsed: ParsedToken, alg: str, vkey: Any) -> AccessToken:
-        check_signature(parsed, alg, vkey)
+    def _check_header(self, segment: str) -> tuple[str, str | None]:
+        # Tokens signed by one key share their header segment: it is decoded and checked once
+        # and remembered as (alg, kid); the memo is bounded and simply starts over when full.
+        header = decode_segment(segment, "header")
+        known = (check_header(header, self.options), header.get("kid"))
+        if len(self._headers) >= 256:
+            self._headers.clear()
+        self._headers[segment] = known
+        return known
+
+    def _finish(
+        self,
+        cache_key: str | None,
+        payload: dict[str, Any],
+        signing_input: bytes,
+        signature: bytes,
+        alg: str,
+        key: VerificationKey,
+    ) -> AccessToken:
+        check_signature(signature, signing_input, alg, key)
         now = self._clock()
-        access = check_claims(parsed.payload, self.options, now)
-        self._remember(cache_key, access, now)
+        access = check_claims(payload, self.options, now)
+        if cache_key is not None:
+            self._remember(cache_key, access, now)
         return access
 
     @property

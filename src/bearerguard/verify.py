@@ -217,13 +217,13 @@ def check_header(header: Mapping[str, Any], options: VerifyOptions) -> str:
     return alg
 
 
-def check_signature(parsed: ParsedToken, alg: str, key: VerificationKey) -> None:
-    """Verify the signature with ``key``, whose type and curve must fit ``alg``."""
+def check_signature(signature: bytes, signing_input: bytes, alg: str, key: VerificationKey) -> None:
+    """Verify ``signature`` over ``signing_input`` with ``key``, which must fit ``alg``."""
     verifier = key.verifiers.get(alg)
     if verifier is None:
         raise InvalidToken("signing key does not fit the token's algorithm")
     try:
-        verifier(parsed.signature, parsed.signing_input)
+        verifier(signature, signing_input)
     except InvalidSignature:
         raise InvalidToken("signature verification failed") from None
 
@@ -246,6 +246,10 @@ def _numeric_date(value: Any, name: str) -> float:
 
 
 def _scopes(payload: Mapping[str, Any], claims: tuple[str, ...]) -> frozenset[str]:
+    if len(claims) == 1:  # the usual case: one space-delimited "scope" string
+        value = payload.get(claims[0])
+        if type(value) is str:
+            return frozenset(value.split())
     found: set[str] = set()
     for name in claims:
         value = payload.get(name)
@@ -288,12 +292,20 @@ def check_claims(payload: dict[str, Any], options: VerifyOptions, now: float) ->
     if "exp" not in payload:
         raise InvalidToken("expiry (exp) missing")
     leeway = options.leeway
-    if now >= _numeric_date(payload["exp"], "exp") + leeway:
+    # Integer seconds are the norm: they skip the call that handles every other case.
+    exp = payload["exp"]
+    if type(exp) is not int or not -_MAX_SAFE < exp < _MAX_SAFE:
+        exp = _numeric_date(exp, "exp")
+    if now >= exp + leeway:
         raise InvalidToken("token expired")
     if "nbf" in payload and now + leeway < _numeric_date(payload["nbf"], "nbf"):
         raise InvalidToken("token not yet valid")
-    if "iat" in payload and now + leeway < _numeric_date(payload["iat"], "iat"):
-        raise InvalidToken("token issued in the future")
+    if "iat" in payload:
+        iat = payload["iat"]
+        if type(iat) is not int or not -_MAX_SAFE < iat < _MAX_SAFE:
+            iat = _numeric_date(iat, "iat")
+        if now + leeway < iat:
+            raise InvalidToken("token issued in the future")
 
     for name in options.required_claims:
         if payload.get(name) is None:
