@@ -338,9 +338,13 @@ class KeySource:
     # -- the sync face ------------------------------------------------------------------------
 
     def get_key(self, kid: str | None) -> VerificationKey:
-        key = self.cache.fresh(kid, self.clock())  # the common case, before the full plan
-        if key is not None:
-            return key
+        # The common case first: fresh keys that hold the kid answer without the full plan.
+        cache = self.cache
+        keys = cache.keys
+        if keys is not None and self.clock() < cache.expires_at:
+            key = keys.find(kid)
+            if key is not None:
+                return key
         key = self._decide(kid, self.clock())
         if key is not None:
             return key
@@ -398,9 +402,12 @@ class KeySource:
     # -- the async face -----------------------------------------------------------------------
 
     async def get_key_async(self, kid: str | None) -> VerificationKey:
-        key = self.cache.fresh(kid, self.clock())
-        if key is not None:
-            return key
+        cache = self.cache
+        keys = cache.keys
+        if keys is not None and self.clock() < cache.expires_at:
+            key = keys.find(kid)
+            if key is not None:
+                return key
         key = self._decide(kid, self.clock())
         if key is not None:
             return key

@@ -264,13 +264,6 @@ class KeyCache:
         self.last_error: str | None = None
         self.fetches = 0
 
-    def fresh(self, kid: str | None, now: float) -> VerificationKey | None:
-        """The key for ``kid`` when fresh keys hold it: the common case, answered lock-free."""
-        keys = self.keys
-        if keys is not None and now < self.expires_at:
-            return keys.find(kid)
-        return None
-
     def plan(self, kid: str | None, now: float) -> Action:
         keys = self.keys
         if keys is not None and now < self.expires_at:

@@ -60,15 +60,19 @@ class AccessToken:
 
     @classmethod
     def from_claims(
-        cls, claims: dict[str, Any], scopes: frozenset[str], audience: tuple[str, ...]
+        cls,
+        claims: dict[str, Any],
+        scopes: frozenset[str],
+        audience: tuple[str, ...],
+        expires_at: float,
     ) -> AccessToken:
         """Build from claims that verification has already checked (``claims`` is not copied)."""
-        token = object.__new__(cls)
-        init = object.__setattr__
-        init(token, "claims", MappingProxyType(claims))
-        init(token, "scopes", scopes)
-        init(token, "audience", audience)
-        init(token, "expires_at", float(claims["exp"]))
+        token = _new(cls)
+        # The slots' own setters: the override of __setattr__ stays shut for everyone else.
+        _set_claims(token, MappingProxyType(claims))
+        _set_scopes(token, scopes)
+        _set_audience(token, audience)
+        _set_expires_at(token, float(expires_at))
         return token
 
     def _string(self, name: str) -> str | None:
@@ -114,6 +118,13 @@ class AccessToken:
         if any_of:
             return not scopes or any(s in self.scopes for s in scopes)
         return all(s in self.scopes for s in scopes)
+
+
+_new = object.__new__
+_set_claims = AccessToken.__dict__["claims"].__set__
+_set_scopes = AccessToken.__dict__["scopes"].__set__
+_set_audience = AccessToken.__dict__["audience"].__set__
+_set_expires_at = AccessToken.__dict__["expires_at"].__set__
 
 
 def require_scopes(

@@ -8,6 +8,7 @@ the key lookup in between.
 from __future__ import annotations
 
 import binascii
+import functools
 import json
 import re
 import sys
@@ -94,9 +95,8 @@ class ParsedToken:
 
 
 if sys.version_info >= (3, 11):
-
-    def _a2b(data: str) -> bytes:
-        return binascii.a2b_base64(data, strict_mode=True)
+    # A partial, not a def: one Python frame fewer per segment on the hot path.
+    _a2b: Callable[[str], bytes] = functools.partial(binascii.a2b_base64, strict_mode=True)
 
 else:  # pragma: no cover - Python 3.10 has no strict mode: check the alphabet first
     _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
@@ -107,19 +107,23 @@ else:  # pragma: no cover - Python 3.10 has no strict mode: check the alphabet f
         return binascii.a2b_base64(data)
 
 
+_PADDING = ("", "", "==", "=")  # by len % 4; a remainder of 1 is never valid base64
+
+
 def _b64decode(segment: str) -> bytes:
+    """Unpadded base64url text to bytes (RFC 7515 section 2)."""
     # Callers have excluded "+", "/" and "=", so after the swap strict base64 accepts exactly
     # the unpadded base64url alphabet (and is ~3x faster than base64.urlsafe_b64decode).
-    if len(segment) % 4 == 1:
+    rest = len(segment) & 3
+    if rest == 1:
         raise InvalidToken("token is not valid base64url")
     try:
-        return _a2b(segment.replace("-", "+").replace("_", "/") + "=" * (-len(segment) % 4))
+        return _a2b(segment.replace("-", "+").replace("_", "/") + _PADDING[rest])
     except (binascii.Error, ValueError):
         raise InvalidToken("token is not valid base64url") from None
 
 
-def decode_signature(segment: str) -> bytes:
-    return _b64decode(segment)
+decode_signature = _b64decode
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -163,12 +167,14 @@ def split(token: str) -> tuple[str, str, str]:
     """The three segments of a compact JWS, each checked to be base64url text."""
     if not token.isascii() or "+" in token or "/" in token or "=" in token:
         raise InvalidToken("token is not valid base64url")
-    parts = token.split(".")
-    if len(parts) != 3:
+    # partition finds each "." with a fast search; split(".") steps through every character.
+    header, _, rest = token.partition(".")
+    payload, dot2, signature = rest.partition(".")
+    if not dot2 or "." in signature:
         raise InvalidToken("token must have three segments")
-    if not parts[2]:
+    if not signature:
         raise InvalidToken("token is not signed")
-    return parts[0], parts[1], parts[2]
+    return header, payload, signature
 
 
 def decode_segment(segment: str, what: str) -> dict[str, Any]:
@@ -229,6 +235,7 @@ def check_signature(signature: bytes, signing_input: bytes, alg: str, key: Verif
 
 
 _MAX_SAFE = 2**53
+_STRING_CLAIMS = ("sub", "client_id", "jti", "organization_id")
 
 
 def _numeric_date(value: Any, name: str) -> float:
@@ -310,7 +317,7 @@ def check_claims(payload: dict[str, Any], options: VerifyOptions, now: float) ->
     for name in options.required_claims:
         if payload.get(name) is None:
             raise InvalidToken(f"{name} claim missing")
-    for name in ("sub", "client_id", "jti", "organization_id"):
+    for name in _STRING_CLAIMS:
         if name in payload and not isinstance(payload[name], str):
             raise InvalidToken(f"{name} must be a string")
-    return AccessToken.from_claims(payload, _scopes(payload, options.scope_claims), audience)
+    return AccessToken.from_claims(payload, _scopes(payload, options.scope_claims), audience, exp)
