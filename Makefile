@@ -38,6 +38,7 @@ bench: install
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) \
 		|| echo "wrk unavailable: HTTP throughput is skipped"
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/interference.py
 	$(BIN)/python bench/jwks.py
 	if command -v wrk >/dev/null; then $(BIN)/python bench/throughput.py; fi
 
