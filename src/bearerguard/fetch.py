@@ -306,6 +306,13 @@ class KeySource:
 
     def _decide(self, kid: str | None, now: float) -> VerificationKey | None:
         """After planning or fetching: the key, or the right AuthError."""
+        # The common case first: fresh keys that hold the kid answer without the full plan
+        # (which would look the kid up, and then this function again).
+        keys = self.cache.keys
+        if keys is not None and now < self.cache.expires_at:
+            key = keys.find(kid)
+            if key is not None:
+                return key
         action = self.cache.plan(kid, now)
         if action is Action.FETCH:
             return None
@@ -338,13 +345,6 @@ class KeySource:
     # -- the sync face ------------------------------------------------------------------------
 
     def get_key(self, kid: str | None) -> VerificationKey:
-        # The common case first: fresh keys that hold the kid answer without the full plan.
-        cache = self.cache
-        keys = cache.keys
-        if keys is not None and self.clock() < cache.expires_at:
-            key = keys.find(kid)
-            if key is not None:
-                return key
         key = self._decide(kid, self.clock())
         if key is not None:
             return key
@@ -402,12 +402,6 @@ class KeySource:
     # -- the async face -----------------------------------------------------------------------
 
     async def get_key_async(self, kid: str | None) -> VerificationKey:
-        cache = self.cache
-        keys = cache.keys
-        if keys is not None and self.clock() < cache.expires_at:
-            key = keys.find(kid)
-            if key is not None:
-                return key
         key = self._decide(kid, self.clock())
         if key is not None:
             return key

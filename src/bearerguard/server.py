@@ -187,11 +187,9 @@ class ResourceServer:
                 return hit
         try:
             token = parse_authorization(authorization, max_length=self.max_token_length)
-            cache_key = self._miss_key(token, authorization)
-            if cache_key is not None and cache_key is not authorization:
-                hit = self._cached(cache_key)
-                if hit is not None:
-                    return hit
+            cache_key, hit = self._lookup(token, authorization)
+            if hit is not None:
+                return hit
             payload, signing_input, signature, alg, kid, iss = self._prepare(token)
             key = await self._sources[iss].get_key_async(kid)
             return self._finish(cache_key, payload, signing_input, signature, alg, key)
@@ -229,31 +227,31 @@ class ResourceServer:
         return exc
 
     def _verify(self, token: str, header: str | None = None) -> AccessToken:
-        cache_key = self._miss_key(token, header)
-        if cache_key is not None and cache_key is not header:
-            hit = self._cached(cache_key)
-            if hit is not None:
-                return hit
+        cache_key, hit = self._lookup(token, header)
+        if hit is not None:
+            return hit
         payload, signing_input, signature, alg, kid, iss = self._prepare(token)
         key = self._sources[iss].get_key(kid)
         return self._finish(cache_key, payload, signing_input, signature, alg, key)
 
-    def _miss_key(self, token: str, header: str | None) -> str | None:
-        """The cache key under which ``token`` is remembered; None when the cache is off.
+    def _lookup(self, token: str, header: str | None) -> tuple[str | None, AccessToken | None]:
+        """(the cache key for ``token``, its cached answer); the key is None with the cache off.
 
         When ``header`` is exactly "Bearer <token>" it is the key itself: it was looked up
-        already, and the str keeps its hash, so the insert does not hash 1 KB again.
+        already, and the str keeps its hash, so the insert does not hash 1 KB again. Any other
+        spelling ("bearer", extra spaces) or a bare token is looked up under the usual key.
         """
         if not self._token_cache_size:
-            return None
+            return None, None
         if (
             header is not None
             and len(header) == len(token) + 7
             and header.startswith("Bearer ")
             and header.endswith(token)
         ):
-            return header
-        return "Bearer " + token
+            return header, None
+        key = "Bearer " + token
+        return key, self._cached(key)
 
     def _cached(self, key: str) -> AccessToken | None:
         # The hit path: one dict lookup and one clock read, no parsing, no lock (dict reads
