@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import itertools
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
@@ -385,6 +388,93 @@ def test_unreachable_token_endpoint(clock: Clock) -> None:
     assert caught.value.error == "request_failed"
     assert caught.value.status_code is None
     assert "ConnectError" in caught.value.description
+
+
+@contextlib.contextmanager
+def trickling_token_endpoint(interval: float = 0.2) -> Iterator[tuple[str, list[bytes]]]:
+    """A token endpoint on 127.0.0.1 that reads the POST, then sends a status line and headers
+    one byte per ``interval``, never ending them. Yields (its URL, the requests it read); on
+    exit every connection is closed and every thread it started is joined."""
+    stop = threading.Event()
+    requests: list[bytes] = []
+    threads: list[threading.Thread] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)  # how often the accept loop looks at ``stop``
+
+    def trickle(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            request = b""
+            with contextlib.suppress(OSError):
+                while b"\r\n\r\n" not in request and (chunk := conn.recv(65536)):
+                    request += chunk
+            requests.append(request)
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Padding: "
+            for byte in itertools.chain(head, itertools.repeat(ord("x"))):
+                if stop.wait(interval):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:  # the client hung up
+                    return
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            thread = threading.Thread(target=trickle, args=(conn,))
+            threads.append(thread)
+            thread.start()
+
+    acceptor = threading.Thread(target=serve)
+    acceptor.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/oidc/token", requests
+    finally:
+        stop.set()
+        acceptor.join()
+        listener.close()
+        for thread in threads:
+            thread.join()
+
+
+def test_sync_token_fetch_is_bounded_when_headers_trickle() -> None:
+    # httpx's read timeout (0.5 s) never fires: a byte comes every 0.2 s. Only the hard bound
+    # of two timeouts ends the request.
+    before = set(threading.enumerate())
+    outcome: list[BaseException | str] = []
+    elapsed: list[float] = []
+    with trickling_token_endpoint() as (url, requests):
+        auth = ClientCredentialsAuth(
+            client_id=STATS[0], client_secret=STATS[1], token_endpoint=url, timeout=0.5
+        )
+
+        def call() -> None:
+            started = time.monotonic()
+            try:
+                outcome.append(auth.get_token())
+            except Exception as exc:
+                outcome.append(exc)
+            elapsed.append(time.monotonic() - started)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        caller.join(10)  # a guard so that a missing bound fails the test instead of hanging it
+        returned = not caller.is_alive()
+    # The server is stopped: whatever still waited on it (the caller without the bound, the
+    # abandoned fetch thread with it) now ends.
+    for thread in set(threading.enumerate()) - before:
+        thread.join(10)
+        assert not thread.is_alive(), thread
+    assert returned, "get_token() was still waiting on the trickling endpoint after 10 s"
+    assert elapsed[0] < 5  # the bound is 2 * timeout = 1 s
+    error = outcome[0]
+    assert isinstance(error, TokenRequestError), error
+    assert error.error == "request_failed"
+    assert "took too long" in error.description
+    assert requests[0].startswith(b"POST /oidc/token ")
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,7 @@ from .fetch import (
     discover,
     metadata_url,
     run_async,
+    run_bounded,
     run_sync,
     sync_client,
 )
@@ -282,14 +283,22 @@ class ClientCredentialsAuth(httpx.Auth):
     # -- driving it (fetch.py's drivers: bounded bodies, one error type) --------------------------
 
     def _run_sync(self) -> _Token:
-        deadline = time.monotonic() + 2 * self.timeout  # discovery + token request
+        """``_request_sync`` within two timeouts, as the async face and the key fetches.
+
+        httpx's sync timeouts bound each read only: an endpoint trickling its headers a byte at
+        a time would otherwise hold the request (and every thread behind the lock) for ever.
+        """
         try:
-            if self.http_client is not None:
-                return run_sync(self._flow(), self.http_client, deadline=deadline)
-            with sync_client(self.timeout, self.transport) as client:
-                return run_sync(self._flow(), client, deadline=deadline)
+            return run_bounded(self._request_sync, 2 * self.timeout, what="the token request")
         except Unreachable as exc:
             raise TokenRequestError("request_failed", str(exc)) from None
+
+    def _request_sync(self) -> _Token:
+        deadline = time.monotonic() + 2 * self.timeout  # discovery + token request
+        if self.http_client is not None:
+            return run_sync(self._flow(), self.http_client, deadline=deadline)
+        with sync_client(self.timeout, self.transport) as client:
+            return run_sync(self._flow(), client, deadline=deadline)
 
     async def _run_async(self) -> _Token:
         try:

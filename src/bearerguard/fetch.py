@@ -239,6 +239,32 @@ async def send_async(
     return Fetched(response.status_code, response.headers, bytes(body))
 
 
+def run_bounded(fn: Callable[[], T], seconds: float, *, what: str = "the fetch") -> T:
+    """``fn()``, waiting at most ``seconds`` for it; ``Unreachable("<what> took too long")`` after.
+
+    httpx's sync timeouts bound each read, not the whole exchange: a server trickling its
+    response headers a byte at a time would hold a sync request for ever. So ``fn`` runs in a
+    short-lived daemon thread, left to finish (or fail) on its own when given up on; whatever it
+    raises is raised here.
+    """
+    outcome: list[T | BaseException] = []
+
+    def work() -> None:
+        try:
+            outcome.append(fn())
+        except BaseException as exc:  # handed to the waiting caller below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=work, name="bearerguard-fetch", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not outcome:
+        raise Unreachable(f"{what} took too long")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
 class KeySource:
     """Keys of one issuer (or one fixed ``jwks_uri``): a KeyCache plus the I/O that feeds it."""
 
@@ -364,29 +390,12 @@ class KeySource:
             return self._resolve_after(kid, now, fetched=result is not None)
 
     def _run_sync_bounded(self) -> FetchResult:
-        """``_run_sync`` with a hard deadline.
+        """``_run_sync`` within two timeouts, however slowly the issuer answers.
 
-        httpx's sync timeouts bound each read, not the whole exchange: an issuer trickling its
-        response headers a byte at a time would hold the request for ever. So the fetch runs in
-        a short-lived thread and the request waits at most two timeouts for it; fetches are rare
-        (at most one per cooldown), so the thread costs nothing that matters.
+        Fetches are rare (at most one per cooldown), so ``run_bounded``'s thread costs nothing
+        that matters.
         """
-        outcome: list[FetchResult | BaseException] = []
-
-        def work() -> None:
-            try:
-                outcome.append(self._run_sync())
-            except BaseException as exc:  # handed to the waiting request below
-                outcome.append(exc)
-
-        worker = threading.Thread(target=work, name="bearerguard-jwks-fetch", daemon=True)
-        worker.start()
-        worker.join(2 * self.timeout)
-        if not outcome:
-            raise FetchError("fetching keys took too long")
-        if isinstance(outcome[0], BaseException):
-            raise outcome[0]
-        return outcome[0]
+        return run_bounded(self._run_sync, 2 * self.timeout, what="fetching keys")
 
     def _run_sync(self) -> FetchResult:
         deadline = self._deadline()
