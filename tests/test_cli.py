@@ -328,10 +328,37 @@ def test_verify_unknown_kid_and_unreachable_issuer(
     assert served.keys.current.kid in detail  # what the JWKS does hold
 
     gone = f"http://127.0.0.1:{free_port()}/oidc"
+    token = mint(DevIssuer(issuer=gone), resource=SHOP)  # an issuer nothing serves
     status, out, _ = run(capsys, "verify", token, "--issuer", gone, "--audience", SHOP)
     assert status == 1
     assert "cannot get the issuer's signing keys" in line(out, "FAIL", "signature")
-    line(out, "FAIL", "iss")
+    line(out, "PASS", "iss")
+
+
+def test_verify_picks_the_keys_by_the_tokens_iss(
+    served: DevIssuer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = DevIssuer(load_config(EXAMPLE))  # a second issuer with its own signing key
+    with other.serve():
+        assert other.keys.current.kid != served.keys.current.kid
+        theirs = mint(other, resource=SHOP, scope="read:products")
+        ours = mint(served, resource=SHOP, scope="read:products")
+        both = ["--issuer", served.issuer, "--issuer", other.issuer, "--audience", SHOP]
+        for token, issuer in ((theirs, other), (ours, served)):
+            status, out, _ = run(capsys, "verify", token, *both)
+            assert status == 0, out
+            assert issuer.keys.current.kid in line(out, "PASS", "signature")
+            assert "FAIL" not in out
+            assert out.rstrip().endswith("Result: VALID")
+
+        # Only the first issuer trusted: the second's token is an issuer mismatch, and no
+        # key source is consulted for an iss that names none of the configured issuers.
+        status, out, _ = run(capsys, *verify_args(served, theirs))
+        assert status == 1
+        mismatch = f"issuer mismatch: token has {other.issuer!r}, expected {served.issuer}"
+        assert line(out, "FAIL", "iss") == mismatch
+        assert line(out, "SKIP", "signature") == "not checked: issuer mismatch"
+        assert "Result: INVALID (issuer mismatch)" in out
 
 
 def test_verify_with_jwks_uri(served: DevIssuer, capsys: pytest.CaptureFixture[str]) -> None:

@@ -231,12 +231,19 @@ def _probe(
 
 
 def _signature(server: ResourceServer, parsed: ParsedToken, alg: Any) -> Check:
+    """Check the signature with the keys of the issuer the token names, as ``server`` would."""
     kid = parsed.header.get("kid")
     if not isinstance(alg, str) or alg not in SUPPORTED_ALGORITHMS:
         return Check("signature", None, "not checked: the token names no usable algorithm")
     if kid is not None and not isinstance(kid, str):
         return Check("signature", None, "not checked: kid is not a string")
-    source = server.key_sources[0]
+    # iss picks the key source, exactly as ResourceServer._prepare does: a token naming none
+    # of the configured issuers is an issuer mismatch, and no issuer's keys are fetched for it.
+    try:
+        iss = check_issuer(parsed.payload, server.options)
+    except InvalidToken as exc:
+        return Check("signature", None, f"not checked: {exc.description}")
+    source = server._sources[iss]
     try:
         key = source.get_key(kid)
     except IssuerUnavailable:
