@@ -239,34 +239,55 @@ def test_issuer_down_is_503(issuer: LocalIssuer) -> None:
         assert response.json()["error"] == "temporarily_unavailable"
 
 
-def test_reuses_the_token_verified_by_the_middleware(issuer: LocalIssuer) -> None:
-    """The decorator must not verify again what the middleware verified.
-
-    Its own server cannot reach the issuer at all: verifying again would answer 503.
-    """
-    asked: list[str] = []
-
-    def refuse(request: httpx.Request) -> httpx.Response:
-        asked.append(str(request.url))
-        raise httpx.ConnectError("refused", request=request)
-
-    unreachable = ResourceServer(
-        issuer.issuer,
-        AUDIENCE,
-        require_typ=True,
-        transport=httpx.MockTransport(refuse),
-        clock=clock,
-    )
-    app = BearerAuthMiddleware(build_app(unreachable), server=issuer.resource_server())
-    client = TestClient(app)
+def test_reuses_the_token_verified_by_the_middleware(
+    issuer: LocalIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decorator must not verify again what the middleware verified with its server."""
+    server = issuer.resource_server(token_cache_size=0)
+    calls: list[str] = []
+    monkeypatch.setattr(server, "_finish", counting_finish(server, calls))
+    client = TestClient(BearerAuthMiddleware(build_app(server), server=server))
     for path in ("/async", "/sync", "/items"):
+        calls.clear()
         response = client.get(path, headers=bearer(issuer.mint("read", sub="dan")))
         assert response.status_code == 200, response.text
         assert response.json()["sub"] == "dan"
+        assert calls == ["finish"]  # one signature check: the middleware's
         # the decorator still applies its own scope requirement to the reused token
         response = client.get(path, headers=bearer(issuer.mint("write")))
         assert_error(response, 403, "insufficient_scope", "read")
-    assert asked == []
+
+
+def counting_finish(server: ResourceServer, calls: list[str]) -> Any:
+    finish = server._finish
+
+    def counted(*args: Any) -> AccessToken:
+        calls.append("finish")
+        return finish(*args)
+
+    return counted
+
+
+def test_a_token_verified_for_another_api_is_verified_again(issuer: LocalIssuer) -> None:
+    """Two resource servers in one app: B's routes never take a token A's guard verified.
+
+    One issuer, two APIs: the middleware guards "https://other.api", the decorators guard
+    AUDIENCE. A token for the other API holding "read" must not pass the decorators.
+    """
+    outer = ResourceServer(
+        issuer.issuer,
+        "https://other.api",
+        require_typ=True,
+        transport=issuer.transport(),
+        clock=clock,
+    )
+    app = BearerAuthMiddleware(build_app(issuer.resource_server()), server=outer)
+    client = TestClient(app)
+    for path in ("/async", "/sync", "/items"):
+        token = issuer.mint("read", audience="https://other.api")
+        response = client.get(path, headers=bearer(token))
+        assert_error(response, 401, "invalid_token")
+        assert "audience mismatch" in response.json()["error_description"]
 
 
 def test_endpoint_without_request_is_a_type_error(server: ResourceServer) -> None:

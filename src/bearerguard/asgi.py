@@ -15,7 +15,7 @@ from .rules import Rule, RuleSet
 from .server import ResourceServer
 from .token import AccessToken
 
-__all__ = ["BearerAuthMiddleware", "TokenUser", "authorization_header"]
+__all__ = ["BearerAuthMiddleware", "TokenUser", "authorization_header", "route_path"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -59,6 +59,25 @@ def authorization_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return found
 
 
+def route_path(scope: Scope) -> str:
+    """The path the app's router matches: ``scope["path"]`` without the ``root_path``.
+
+    Starlette (and FastAPI's ``root_path``, ``Mount``, ``uvicorn --root-path``) keep the
+    full path in ``path`` and route on what follows ``root_path``; rules must be decided on
+    that same text, or a prefix would make every rule miss. The bare mount point (``""``)
+    is redirected to ``/`` by routers, so it is decided as ``/``.
+    """
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        rest = path[len(root) :]
+        if not rest:
+            return "/"
+        if rest[0] == "/":
+            return rest
+    return path
+
+
 def error_response_parts(exc: AuthError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, raw headers and body of the response for ``exc``."""
     body = exc.to_json().encode()
@@ -85,7 +104,8 @@ async def send_error(exc: AuthError, scope: Scope, send: Send) -> None:
 class BearerAuthMiddleware:
     """Require a valid bearer token on every HTTP and websocket request, unless public.
 
-    ``BearerAuthMiddleware(app, server=rs, public=["/health"], rules=[Rule(...)])``. The
+    ``BearerAuthMiddleware(app, server=rs, public=["/health"], rules=[Rule(...)])``. Paths
+    are matched as the app's router sees them (below ``root_path``; see ``route_path``). The
     verified ``AccessToken`` goes to ``scope["auth"]`` (Starlette's ``request.auth``) and a
     ``TokenUser`` to ``scope["user"]``. Lifespan and other scopes pass straight through.
     """
@@ -108,7 +128,7 @@ class BearerAuthMiddleware:
             await self.app(scope, receive, send)
             return
         method = scope.get("method", "GET") if kind == "http" else "GET"
-        requirement = self.rules.requirement(method, scope["path"])
+        requirement = self.rules.requirement(method, route_path(scope))
         if requirement.public:
             scope["auth"] = None
             scope["user"] = ANONYMOUS  # request.user works on public paths too
@@ -116,8 +136,7 @@ class BearerAuthMiddleware:
             return
         try:
             token = await self.server.authenticate_async(authorization_header(scope["headers"]))
-            if requirement.scopes:
-                self.server.check_scopes(token, requirement.scopes, any_of=requirement.any_of)
+            self.server.check_requirement(token, requirement)
         except AuthError as exc:
             await send_error(self.server.with_realm(exc), scope, send)
             return

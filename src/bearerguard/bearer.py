@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidRequest, InvalidToken, MissingToken
+from .errors import AuthError, InvalidRequest, InvalidToken, MissingToken
 
 __all__ = ["parse_authorization", "single_authorization"]
 
@@ -28,18 +28,23 @@ def parse_authorization(authorization: str | None, *, max_length: int) -> str:
     malformed one (empty, several credentials, characters outside token68) and
     ``InvalidToken`` for a token longer than ``max_length``.
     """
+    token = credentials(authorization, max_length=max_length)
+    if not TOKEN68.fullmatch(token):
+        raise InvalidRequest(_NOT_TOKEN68)
+    return token
+
+
+def credentials(authorization: str | None, *, max_length: int) -> str:
+    """``parse_authorization`` minus the token68 check on the common ``Bearer <token>`` form.
+
+    For the verifier's miss path: its decoder accepts only base64url, a subset of token68, so
+    the regex need run only for a token that failed to decode, through ``undecodable``.
+    """
     if authorization is None or authorization.strip() == "":
         raise MissingToken()
-    # Fast path: the common, well-formed header. Its token68 check is left to decoding, which
-    # accepts only base64url; ResourceServer turns a failure on a non-token68 value into
-    # InvalidRequest, so the regex runs only for bad tokens.
-    if authorization.startswith("Bearer ") and " " not in authorization[7:]:
+    usual = authorization.startswith("Bearer ") and " " not in authorization[7:]
+    if usual:
         token = authorization[7:]
-        if len(token) > max_length:
-            raise InvalidToken("token too large")
-        if not token:
-            raise InvalidRequest("bearer token is empty")
-        return token
     else:
         try:
             scheme, token = split_scheme(authorization.strip(" \t"))
@@ -47,13 +52,25 @@ def parse_authorization(authorization: str | None, *, max_length: int) -> str:
             raise InvalidRequest("malformed authorization header") from None
         if scheme.lower() != "bearer":
             raise MissingToken()
-        if not token:
-            raise InvalidRequest("bearer token is empty")
+    if not token:
+        raise InvalidRequest("bearer token is empty")
     if len(token) > max_length:
         raise InvalidToken("token too large")
-    if not TOKEN68.fullmatch(token):
-        raise InvalidRequest("bearer credentials must be a single token68 value")
+    if not usual and not TOKEN68.fullmatch(token):
+        raise InvalidRequest(_NOT_TOKEN68)
     return token
+
+
+def undecodable(token: str, error: InvalidToken) -> AuthError:
+    """The error for a token that ``credentials`` returned and that failed to decode.
+
+    RFC 6750 section 3.1: credentials that are not even token68 make a malformed request
+    (400 invalid_request); a token68 value that is no JWT is an invalid token (401).
+    """
+    return InvalidRequest(_NOT_TOKEN68) if not TOKEN68.fullmatch(token) else error
+
+
+_NOT_TOKEN68 = "bearer credentials must be a single token68 value"
 
 
 def single_authorization(values: list[str]) -> str | None:

@@ -25,7 +25,7 @@ from flask import Flask, Response, current_app, g, has_request_context, request
 
 from .bearer import single_authorization
 from .errors import AuthError, ConfigurationError
-from .rules import Rule, RuleSet
+from .rules import Requirement, Rule, RuleSet
 from .server import ResourceServer
 from .token import AccessToken
 from .wsgi import ENVIRON_KEY
@@ -205,18 +205,20 @@ class BearerGuard:
     ) -> Response | None:
         """Check the current request: ``None`` when it may proceed, else the error response.
 
-        A token already verified for this request (by ``protect_all`` or the WSGI middleware)
-        is reused, so only the scopes are checked again.
+        A token already verified for this request by the same server (``protect_all``, the
+        WSGI middleware) is reused, so only the scopes are checked again.
         """
+        required = tuple(scopes.split()) if isinstance(scopes, str) else tuple(scopes)
+        return self._authorize(Requirement(scopes=required, any_of=any_of))
+
+    def _authorize(self, requirement: Requirement) -> Response | None:
         server = self.server
         try:
-            token = request.environ.get(ENVIRON_KEY)
-            if not isinstance(token, AccessToken):
+            token = server.reuse(request.environ.get(ENVIRON_KEY))
+            if token is None:
                 header = single_authorization(request.headers.getlist("Authorization"))
                 token = server.authenticate(header)
-            required = tuple(scopes.split()) if isinstance(scopes, str) else tuple(scopes)
-            if required:
-                server.check_scopes(token, required, any_of=any_of)
+            server.check_requirement(token, requirement)
         except AuthError as exc:
             return error_response(server.with_realm(exc))
         request.environ[ENVIRON_KEY] = token
@@ -224,11 +226,13 @@ class BearerGuard:
         return None
 
     def _protect(self) -> Response | None:
+        # The endpoint is what Werkzeug routed to; the path rules also see the spellings it
+        # merges (doubled slashes) and redirects (trailing slash), see rules.py.
         requirement = self.rules.requirement(request.method, request.path)
         if requirement.public or request.endpoint in self.public_endpoints:
             g.access_token = None
             return None
-        return self.authorize(requirement.scopes, any_of=requirement.any_of)
+        return self._authorize(requirement)
 
 
 def _handle_auth_error(exc: AuthError) -> Response:

@@ -119,6 +119,12 @@ class VerificationKey:
     ) -> VerificationKey:
         return cls(kid, algorithms, public, {alg: _verifier(public, alg) for alg in algorithms})
 
+    def merged(self, other: VerificationKey) -> VerificationKey:
+        """One kid published for two keys (an RSA and an EC key, say): each algorithm is
+        verified with the key that fits it; where both fit, the first published wins."""
+        verifiers = {**other.verifiers, **self.verifiers}
+        return VerificationKey(self.kid, frozenset(verifiers), self.public_key, verifiers)
+
 
 def _key_algorithms(jwk: Mapping[str, Any], public: PublicKey) -> frozenset[str]:
     if isinstance(public, ec.EllipticCurvePublicKey):
@@ -176,7 +182,12 @@ class KeySet:
 
     def __init__(self, keys: Iterable[VerificationKey]) -> None:
         self.keys = tuple(keys)
-        self._by_kid = {k.kid: k for k in self.keys if k.kid is not None}
+        by_kid: dict[str, VerificationKey] = {}
+        for key in self.keys:
+            if key.kid is not None:
+                known = by_kid.get(key.kid)
+                by_kid[key.kid] = key if known is None else known.merged(key)
+        self._by_kid = by_kid
 
     @classmethod
     def from_jwks(cls, document: bytes | str | Mapping[str, Any]) -> KeySet:

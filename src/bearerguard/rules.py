@@ -1,8 +1,15 @@
 """Which requests need which scopes: the rule model shared by the ASGI and WSGI middleware.
 
 Deny by default: a request that matches no rule still needs a valid token. A rule is a
-method set plus a path pattern: ``/products`` (exact), ``/products/{id}`` (one segment per
-``{name}``), ``/static/*`` (the prefix and everything under it).
+method set plus a path pattern: ``/products`` (exact), ``/products/{id}`` (one non-empty
+segment per ``{name}``; ``/files/{name}.{ext}`` works too), ``/static/*`` (the prefix and
+everything under it).
+
+A path can be spelled several ways that a router sends to one handler: with a trailing
+slash or without (Starlette and Werkzeug redirect between them), with doubled slashes
+(Werkzeug merges them). Rules are decided on the spelling the request carries, and the
+scopes of every rule that another spelling of the same path would match are required too:
+a spelling can make a path need more, never less. Matching is linear in the path's length.
 """
 
 from __future__ import annotations
@@ -13,32 +20,102 @@ from dataclasses import dataclass, field
 
 __all__ = ["Requirement", "Rule", "RuleSet"]
 
+_PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+_SLASHES = re.compile(r"//+")
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    if not pattern.startswith("/"):
-        raise ValueError(f"path pattern must start with '/': {pattern!r}")
-    prefix = pattern.endswith("/*")
-    body = pattern[:-2] if prefix else pattern
-    regex = ""
-    for piece in re.split(r"(\{[A-Za-z_][A-Za-z0-9_]*\})", body):
-        regex += "[^/]+" if piece.startswith("{") and piece.endswith("}") else re.escape(piece)
-    return re.compile(regex + ("(?:/.*)?" if prefix else ""), re.S)
+
+@dataclass(frozen=True)
+class _Segment:
+    """One segment of a pattern: literals around placeholders, each placeholder >= 1 char.
+
+    ``lits`` are the literals (one more than ``mins``); ``mins[i]`` is how many characters
+    the i-th run of placeholders needs at least (``{a}{b}``: 2).
+    """
+
+    lits: tuple[str, ...]
+    mins: tuple[int, ...]
+
+    def matches(self, text: str) -> bool:
+        lits, mins = self.lits, self.mins
+        if not mins:
+            return text == lits[0]
+        first, last = lits[0], lits[-1]
+        if not text.startswith(first) or not text.endswith(last):
+            return False
+        pos, end = len(first), len(text) - len(last)
+        # Placeholders match any run of characters, so taking each middle literal at its
+        # leftmost place that leaves room is enough: one left-to-right pass, no backtracking.
+        for i in range(1, len(lits) - 1):
+            found = text.find(lits[i], pos + mins[i - 1], end)
+            if found < 0:
+                return False
+            pos = found + len(lits[i])
+        return end - pos >= mins[-1]
+
+
+def _segment(text: str) -> _Segment:
+    lits = [""]
+    mins: list[int] = []
+    pos = 0
+    for m in _PLACEHOLDER.finditer(text):
+        lits[-1] += text[pos : m.start()]
+        if m.start() == pos and mins and lits[-1] == "":
+            mins[-1] += 1  # adjacent placeholders: one run needing one more character
+        else:
+            mins.append(1)
+            lits.append("")
+        pos = m.end()
+    lits[-1] += text[pos:]
+    return _Segment(tuple(lits), tuple(mins))
+
+
+def _variants(path: str) -> list[str]:
+    """Other spellings of ``path`` a router may send to the same handler."""
+    merged = _SLASHES.sub("/", path) if "//" in path else path
+    out = [] if merged == path else [merged]
+    for p in (path, merged):
+        if len(p) > 1:
+            toggled = p[:-1] if p.endswith("/") else p + "/"
+            if toggled != path and toggled not in out:
+                out.append(toggled)
+    return out
 
 
 @dataclass(frozen=True)
 class Requirement:
-    """What one request needs: nothing (public), or a valid token with these scopes."""
+    """What one request needs: nothing (public), or a valid token with these scopes.
+
+    ``also`` holds further scope sets that must hold as well (from rules that another
+    spelling of the path matches).
+    """
 
     public: bool = False
     scopes: tuple[str, ...] = ()
     any_of: bool = False
+    also: tuple[Requirement, ...] = ()
+
+    def groups(self) -> tuple[Requirement, ...]:
+        """Every scope set to check: this one and those in ``also``."""
+        return (self, *self.also) if self.scopes else self.also
+
+    def needing(self, other: Requirement) -> Requirement:
+        """This requirement and the scopes of ``other`` as well."""
+        if not other.scopes or other in self.groups():
+            return self
+        if self.public or not self.scopes:
+            return other
+        if not self.any_of and not other.any_of and not other.also:
+            merged = tuple(dict.fromkeys(self.scopes + other.scopes))
+            return Requirement(scopes=merged, also=self.also)
+        return Requirement(scopes=self.scopes, any_of=self.any_of, also=(*self.also, other))
 
 
 @dataclass(frozen=True)
 class Rule:
     """``Rule("/products/{id}", methods=["DELETE"], scopes=["write:products"])``.
 
-    ``public=True`` makes matching requests skip authentication entirely.
+    ``public=True`` makes matching requests skip authentication entirely. Methods are
+    compared case-insensitively; a rule for GET covers HEAD too.
     """
 
     path: str
@@ -46,25 +123,42 @@ class Rule:
     scopes: str | Sequence[str] = ()
     any_of: bool = False
     public: bool = False
-    _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _segments: tuple[_Segment, ...] = field(init=False, repr=False, compare=False)
+    _prefix: bool = field(init=False, repr=False, compare=False)
     _methods: frozenset[str] | None = field(init=False, repr=False, compare=False)
     requirement: Requirement = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not self.path.startswith("/"):
+            raise ValueError(f"path pattern must start with '/': {self.path!r}")
         scopes = tuple(self.scopes.split()) if isinstance(self.scopes, str) else tuple(self.scopes)
         if self.public and scopes:
             raise ValueError("a public rule cannot require scopes")
         methods = None if self.methods is None else frozenset(m.upper() for m in self.methods)
         if methods is not None and "GET" in methods:
             methods |= {"HEAD"}  # HEAD is GET without a body: frameworks route it the same way
-        object.__setattr__(self, "_regex", _compile(self.path))
-        object.__setattr__(self, "_methods", methods)
-        object.__setattr__(self, "requirement", Requirement(self.public, scopes, self.any_of))
+        prefix = self.path.endswith("/*")
+        body = self.path[:-2] if prefix else self.path
+        set_ = object.__setattr__
+        set_(self, "_segments", tuple(_segment(s) for s in body.split("/")))
+        set_(self, "_prefix", prefix)
+        set_(self, "_methods", methods)
+        set_(self, "requirement", Requirement(self.public, scopes, self.any_of))
 
     def matches(self, method: str, path: str) -> bool:
-        if self._methods is not None and method not in self._methods:
+        """Whether this rule applies to ``method`` (any case) and ``path``, as spelled."""
+        if self._methods is not None and method.upper() not in self._methods:
             return False
-        return self._regex.fullmatch(path) is not None
+        return self._match(path.split("/"))
+
+    def _match(self, parts: list[str]) -> bool:
+        segments = self._segments
+        if self._prefix:
+            if len(parts) < len(segments):
+                return False
+        elif len(parts) != len(segments):
+            return False
+        return all(seg.matches(part) for seg, part in zip(segments, parts, strict=False))
 
 
 AUTHENTICATED = Requirement()
@@ -72,7 +166,11 @@ PUBLIC = Requirement(public=True)
 
 
 class RuleSet:
-    """An ordered list of rules; the first match wins, no match means 'valid token needed'."""
+    """An ordered list of rules; the first match wins, no match means 'valid token needed'.
+
+    The scopes of the first rule matching another spelling of the path (see the module
+    docstring) are needed too.
+    """
 
     def __init__(self, rules: Iterable[Rule] = (), public: Iterable[str] = ()) -> None:
         public_rules = tuple(Rule(p, public=True) for p in public)
@@ -82,11 +180,20 @@ class RuleSet:
         self._public_exact = frozenset(
             r.path for r in public_rules if "{" not in r.path and not r.path.endswith("/*")
         )
+        self._scoped = any(r.requirement.scopes for r in self.rules)
 
     def requirement(self, method: str, path: str) -> Requirement:
-        if path in self._public_exact:
-            return PUBLIC
+        """What a request for ``method`` and ``path`` (the path its router sees) needs."""
+        method = method.upper()
+        found = PUBLIC if path in self._public_exact else self._first(method, path)
+        if self._scoped:
+            for variant in _variants(path):
+                found = found.needing(self._first(method, variant))
+        return found
+
+    def _first(self, method: str, path: str) -> Requirement:
+        parts = path.split("/")
         for rule in self.rules:
-            if rule.matches(method, path):
+            if (rule._methods is None or method in rule._methods) and rule._match(parts):
                 return rule.requirement
         return AUTHENTICATED

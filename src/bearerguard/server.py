@@ -9,10 +9,11 @@ from typing import Any
 
 import httpx
 
-from .bearer import TOKEN68, parse_authorization
-from .errors import AuthError, ConfigurationError, InsufficientScope, InvalidRequest, InvalidToken
+from .bearer import credentials, undecodable
+from .errors import AuthError, ConfigurationError, InsufficientScope, InvalidToken
 from .fetch import KeySource, Transport, check_url
 from .keys import CachePolicy, KeyCache, VerificationKey
+from .rules import Requirement
 from .token import AccessToken
 from .verify import (
     DEFAULT_ALGORITHMS,
@@ -23,8 +24,8 @@ from .verify import (
     check_header,
     check_issuer,
     check_signature,
-    decode_segment,
-    decode_signature,
+    segment_bytes,
+    segment_json,
     split,
 )
 
@@ -173,8 +174,7 @@ class ResourceServer:
                 return hit
         try:
             return self._verify(
-                parse_authorization(authorization, max_length=self.max_token_length),
-                authorization,
+                credentials(authorization, max_length=self.max_token_length), authorization
             )
         except AuthError as exc:
             raise self.with_realm(exc) from None
@@ -186,7 +186,7 @@ class ResourceServer:
             if hit is not None:
                 return hit
         try:
-            token = parse_authorization(authorization, max_length=self.max_token_length)
+            token = credentials(authorization, max_length=self.max_token_length)
             cache_key, hit = self._lookup(token, authorization)
             if hit is not None:
                 return hit
@@ -205,6 +205,17 @@ class ResourceServer:
         except AuthError as exc:
             raise self.with_realm(exc) from None
 
+    def reuse(self, candidate: object) -> AccessToken | None:
+        """``candidate`` if it is an ``AccessToken`` this server verified, else None.
+
+        Adapters store the verified token on the request (``scope["auth"]``, the WSGI
+        environ); a guard further in reuses it only when its own server verified it. A token
+        verified for another API (another audience or issuer) is verified again.
+        """
+        if isinstance(candidate, AccessToken) and candidate._server is self:
+            return candidate
+        return None
+
     def check_scopes(
         self, token: AccessToken, scopes: str | Iterable[str], *, any_of: bool = False
     ) -> None:
@@ -212,6 +223,11 @@ class ResourceServer:
         required = tuple(scopes.split()) if isinstance(scopes, str) else tuple(scopes)
         if not token.has_scopes(*required, any_of=any_of):
             raise InsufficientScope(required, any_of=any_of, realm=self.realm)
+
+    def check_requirement(self, token: AccessToken, requirement: Requirement) -> None:
+        """Every scope set of a path rule's ``requirement``, as ``check_scopes``."""
+        for group in requirement.groups():
+            self.check_scopes(token, group.scopes, any_of=group.any_of)
 
     def describe(self) -> str:
         return f"ResourceServer(issuer={list(self.issuers)!r}, audience={list(self.audiences)!r})"
@@ -277,12 +293,10 @@ class ResourceServer:
             known = self._headers.get(h)
             if known is None:
                 known = self._check_header(h)
-            payload = decode_segment(p, "payload")
-            signature = decode_signature(s)
-        except InvalidToken:
-            if not TOKEN68.fullmatch(token):
-                raise InvalidRequest("bearer credentials must be a single token68 value") from None
-            raise
+            payload = segment_json(p, "payload")
+            signature = segment_bytes(s)
+        except InvalidToken as exc:
+            raise undecodable(token, exc) from None
         # iss picks the key source; it is checked against the configured set before any I/O.
         iss = check_issuer(payload, self.options)
         return payload, f"{h}.{p}".encode(), signature, known[0], known[1], iss
@@ -290,7 +304,7 @@ class ResourceServer:
     def _check_header(self, segment: str) -> tuple[str, str | None]:
         # Tokens signed by one key share their header segment: it is decoded and checked once
         # and remembered as (alg, kid); the memo is bounded and simply starts over when full.
-        header = decode_segment(segment, "header")
+        header = segment_json(segment, "header")
         known = (check_header(header, self.options), header.get("kid"))
         if len(self._headers) >= 256:
             self._headers.clear()
@@ -308,7 +322,7 @@ class ResourceServer:
     ) -> AccessToken:
         check_signature(signature, signing_input, alg, key)
         now = self._clock()
-        access = check_claims(payload, self.options, now)
+        access = check_claims(payload, self.options, now, server=self)
         if cache_key is not None:
             self._remember(cache_key, access, now)
         return access

@@ -45,7 +45,8 @@ class Protect:
     """``protect = Protect(server)``; then ``@protect()`` or ``@protect("read:products")``.
 
     ``@protect("a", "b")`` needs both scopes; ``@protect("a", "b", any_of=True)`` either.
-    A token already verified by ``BearerAuthMiddleware`` is reused, not verified again.
+    A token already verified by ``BearerAuthMiddleware`` with the same server is reused, not
+    verified again; one verified by another server (another API) is verified again.
     """
 
     def __init__(self, server: ResourceServer) -> None:
@@ -56,16 +57,16 @@ class Protect:
         required = tuple(s for scope in scopes for s in scope.split())
 
         def authenticate_sync(conn: HTTPConnection) -> AccessToken:
-            token = conn.scope.get("auth")
-            if not isinstance(token, AccessToken):
+            token = server.reuse(conn.scope.get("auth"))
+            if token is None:
                 header = authorization_header(conn.scope["headers"])
                 token = server.authenticate(header)
             server.check_scopes(token, required, any_of=any_of)
             return token
 
         async def authenticate_async(conn: HTTPConnection) -> AccessToken:
-            token = conn.scope.get("auth")
-            if not isinstance(token, AccessToken):
+            token = server.reuse(conn.scope.get("auth"))
+            if token is None:
                 header = authorization_header(conn.scope["headers"])
                 token = await server.authenticate_async(header)
             server.check_scopes(token, required, any_of=any_of)

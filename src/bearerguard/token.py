@@ -8,9 +8,53 @@ from typing import Any
 
 from .errors import InsufficientScope
 
-__all__ = ["AccessToken", "require_scopes"]
+__all__ = ["AccessToken", "FrozenDict", "FrozenList", "require_scopes"]
 
 LOGTO_ORGANIZATION_AUDIENCE = "urn:logto:organization:"
+
+
+def _refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
+    raise TypeError("access token claims are read-only")
+
+
+class FrozenDict(dict[str, Any]):
+    """A JSON object inside the claims: a ``dict`` (so ``==`` and ``json.dumps`` work as
+    before) that refuses every change. Verified tokens are cached and shared between
+    requests: a nested value one request changed would be seen by the next."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __reduce__(self) -> Any:
+        return (dict, (dict(self),))
+
+
+class FrozenList(list[Any]):
+    """A JSON array inside the claims: a ``list`` that refuses every change."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+    def __copy__(self) -> list[Any]:
+        return list(self)
+
+    def __reduce__(self) -> Any:
+        return (list, (list(self),))
+
+
+def freeze(value: Any) -> Any:
+    """``value`` with every JSON object and array in it made read-only."""
+    kind = type(value)
+    if kind is dict:
+        return FrozenDict({k: freeze(v) for k, v in value.items()})
+    if kind is list:
+        return FrozenList([freeze(v) for v in value])
+    return value
 
 
 class AccessToken:
@@ -21,9 +65,10 @@ class AccessToken:
     every cache miss, reading them is not).
     """
 
-    __slots__ = ("audience", "claims", "expires_at", "scopes")
+    __slots__ = ("_server", "audience", "claims", "expires_at", "scopes")
 
     claims: Mapping[str, Any]
+    _server: object  # the ResourceServer that verified it; None when built by hand
     scopes: frozenset[str]
     audience: tuple[str, ...]
     expires_at: float
@@ -42,7 +87,7 @@ class AccessToken:
     ) -> None:
         """Build a token by hand (e.g. for a test's dependency override); the named values
         go into ``claims``."""
-        merged = dict(claims or {})
+        merged = {k: freeze(v) for k, v in (claims or {}).items()}
         named = {"sub": sub, "client_id": client_id, "iss": issuer}
         named["organization_id"] = organization_id
         merged.update({k: v for k, v in named.items() if v is not None})
@@ -51,6 +96,7 @@ class AccessToken:
         init(self, "scopes", frozenset(scopes))
         init(self, "audience", tuple(audience))
         init(self, "expires_at", float(expires_at))
+        init(self, "_server", None)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"AccessToken is immutable: cannot set {name!r}")
@@ -65,14 +111,24 @@ class AccessToken:
         scopes: frozenset[str],
         audience: tuple[str, ...],
         expires_at: float,
+        server: object = None,
     ) -> AccessToken:
-        """Build from claims that verification has already checked (``claims`` is not copied)."""
+        """Build from claims that verification has already checked.
+
+        ``claims`` is not copied, but its JSON objects and arrays are frozen in place.
+        ``server`` is the ``ResourceServer`` that verified it (see ``ResourceServer.reuse``).
+        """
+        for name, value in claims.items():
+            kind = type(value)
+            if kind is dict or kind is list:
+                claims[name] = freeze(value)
         token = _new(cls)
         # The slots' own setters: the override of __setattr__ stays shut for everyone else.
         _set_claims(token, MappingProxyType(claims))
         _set_scopes(token, scopes)
         _set_audience(token, audience)
         _set_expires_at(token, float(expires_at))
+        _set_server(token, server)
         return token
 
     def _string(self, name: str) -> str | None:
@@ -125,6 +181,7 @@ _set_claims = AccessToken.__dict__["claims"].__set__
 _set_scopes = AccessToken.__dict__["scopes"].__set__
 _set_audience = AccessToken.__dict__["audience"].__set__
 _set_expires_at = AccessToken.__dict__["expires_at"].__set__
+_set_server = AccessToken.__dict__["_server"].__set__
 
 
 def require_scopes(

@@ -108,14 +108,24 @@ else:  # pragma: no cover - Python 3.10 has no strict mode: check the alphabet f
 
 
 _PADDING = ("", "", "==", "=")  # by len % 4; a remainder of 1 is never valid base64
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# The last character of a segment whose length is 2 (or 3) mod 4 carries 2 (or 4) bits of
+# data and 4 (or 2) bits that must be zero (RFC 4648 section 3.5). Only that canonical
+# spelling is accepted: otherwise one signature could be written 16 ways.
+_CANONICAL_LAST: tuple[frozenset[str], ...] = (
+    frozenset(),
+    frozenset(),
+    frozenset(_ALPHABET[::16]),
+    frozenset(_ALPHABET[::4]),
+)
 
 
 def _b64decode(segment: str) -> bytes:
-    """Unpadded base64url text to bytes (RFC 7515 section 2)."""
+    """Unpadded, canonical base64url text to bytes (RFC 7515 section 2)."""
     # Callers have excluded "+", "/" and "=", so after the swap strict base64 accepts exactly
     # the unpadded base64url alphabet (and is ~3x faster than base64.urlsafe_b64decode).
     rest = len(segment) & 3
-    if rest == 1:
+    if rest and segment[-1] not in _CANONICAL_LAST[rest]:  # also every remainder of 1
         raise InvalidToken("token is not valid base64url")
     try:
         return _a2b(segment.replace("-", "+").replace("_", "/") + _PADDING[rest])
@@ -123,7 +133,15 @@ def _b64decode(segment: str) -> bytes:
         raise InvalidToken("token is not valid base64url") from None
 
 
-decode_signature = _b64decode
+def _base64url_only(segment: str) -> str:
+    if not segment.isascii() or "+" in segment or "/" in segment or "=" in segment:
+        raise InvalidToken("token is not valid base64url")
+    return segment
+
+
+def decode_signature(segment: str) -> bytes:
+    """A signature segment as bytes: unpadded, canonical base64url only."""
+    return _b64decode(_base64url_only(segment))
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -179,14 +197,23 @@ def split(token: str) -> tuple[str, str, str]:
 
 def decode_segment(segment: str, what: str) -> dict[str, Any]:
     """A header or payload segment as a JSON object (duplicate names rejected)."""
+    return _json_object(_b64decode(_base64url_only(segment)), what)
+
+
+def segment_json(segment: str, what: str) -> dict[str, Any]:
+    """``decode_segment`` for a segment from ``split()``, which has checked the alphabet."""
     return _json_object(_b64decode(segment), what)
+
+
+#: ``decode_signature`` for a segment from ``split()``.
+segment_bytes = _b64decode
 
 
 def parse(token: str) -> ParsedToken:
     """Split a compact JWS into its decoded header, payload and signature."""
     h, p, s = split(token)
-    header = decode_segment(h, "header")
-    payload = decode_segment(p, "payload")
+    header = segment_json(h, "header")
+    payload = segment_json(p, "payload")
     return ParsedToken(header, payload, f"{h}.{p}".encode("ascii"), _b64decode(s))
 
 
@@ -252,18 +279,30 @@ def _numeric_date(value: Any, name: str) -> float:
     raise InvalidToken(f"{name} must be a finite number")
 
 
+def _split_scope(value: str) -> frozenset[str]:
+    """RFC 6749 section 3.3: scope tokens are separated by spaces (%x20), nothing else.
+
+    A tab or another Unicode space is part of a (strange) scope token, never a separator.
+    """
+    scopes = frozenset(value.split(" "))
+    return scopes - _EMPTY if "" in scopes else scopes
+
+
+_EMPTY = frozenset({""})
+
+
 def _scopes(payload: Mapping[str, Any], claims: tuple[str, ...]) -> frozenset[str]:
     if len(claims) == 1:  # the usual case: one space-delimited "scope" string
         value = payload.get(claims[0])
         if type(value) is str:
-            return frozenset(value.split())
+            return _split_scope(value)
     found: set[str] = set()
     for name in claims:
         value = payload.get(name)
         if value is None:
             continue
         if isinstance(value, str):
-            found.update(value.split())
+            found.update(_split_scope(value))
         elif isinstance(value, list) and all(isinstance(v, str) for v in value):
             found.update(value)
         else:
@@ -281,8 +320,13 @@ def check_issuer(payload: Mapping[str, Any], options: VerifyOptions) -> str:
     return iss
 
 
-def check_claims(payload: dict[str, Any], options: VerifyOptions, now: float) -> AccessToken:
-    """Apply the JWT claims rules (RFC 7519, RFC 9068) to a signature-checked payload."""
+def check_claims(
+    payload: dict[str, Any], options: VerifyOptions, now: float, *, server: object = None
+) -> AccessToken:
+    """Apply the JWT claims rules (RFC 7519, RFC 9068) to a signature-checked payload.
+
+    ``server`` is recorded on the token as the server that verified it.
+    """
     check_issuer(payload, options)
     aud = payload.get("aud")
     if isinstance(aud, str):
@@ -313,4 +357,5 @@ def check_claims(payload: dict[str, Any], options: VerifyOptions, now: float) ->
     for name in _STRING_CLAIMS:
         if name in payload and not isinstance(payload[name], str):
             raise InvalidToken(f"{name} must be a string")
-    return AccessToken.from_claims(payload, _scopes(payload, options.scope_claims), audience, exp)
+    scopes = _scopes(payload, options.scope_claims)
+    return AccessToken.from_claims(payload, scopes, audience, exp, server)

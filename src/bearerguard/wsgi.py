@@ -75,8 +75,7 @@ class BearerAuthMiddleware:
         try:
             # One header at most: several arrive joined with commas and fail token68 parsing.
             token = self.server.authenticate(environ.get("HTTP_AUTHORIZATION"))
-            if requirement.scopes:
-                self.server.check_scopes(token, requirement.scopes, any_of=requirement.any_of)
+            self.server.check_requirement(token, requirement)
         except AuthError as exc:
             status, headers, body = error_response_parts(self.server.with_realm(exc))
             start_response(status, headers)
