@@ -96,7 +96,10 @@ class Requirement:
 
     def groups(self) -> tuple[Requirement, ...]:
         """Every scope set to check: this one and those in ``also``."""
-        return (self, *self.also) if self.scopes else self.also
+        if not self.also:
+            return (self,) if self.scopes else ()
+        own = Requirement(scopes=self.scopes, any_of=self.any_of)
+        return (own, *self.also) if self.scopes else self.also
 
     def needing(self, other: Requirement) -> Requirement:
         """This requirement and the scopes of ``other`` as well."""

@@ -1,0 +1,233 @@
+"""Path rules: what each spelling of a path needs, decided in time linear in the path."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+from starlette.testclient import TestClient
+
+from bearerguard.asgi import BearerAuthMiddleware, route_path
+from bearerguard.rules import Requirement, Rule, RuleSet
+from bearerguard.testing import LocalIssuer
+
+RULES = RuleSet(
+    [
+        Rule("/orders", methods=["POST"], scopes="write:orders"),
+        Rule("/orders", methods=["GET"], scopes="read:orders"),
+        Rule("/orders/{id}", methods=["DELETE"], scopes="admin"),
+        Rule("/files/{name}.{ext}", scopes="files"),
+        Rule("/admin/*", scopes="admin"),
+        Rule("/reports", scopes=["read", "audit"], any_of=True),
+    ],
+    public=["/health", "/static/*"],
+)
+
+
+def needs(method: str, path: str) -> set[str] | str:
+    req = RULES.requirement(method, path)
+    if req.public:
+        return "public"
+    return {s for group in req.groups() for s in group.scopes}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        ("POST", "/orders", {"write:orders"}),
+        ("post", "/orders", {"write:orders"}),
+        ("Post", "/orders", {"write:orders"}),
+        ("delete", "/orders/7", {"admin"}),
+        ("GET", "/orders", {"read:orders"}),
+        ("HEAD", "/orders", {"read:orders"}),
+        ("head", "/orders", {"read:orders"}),
+        # trailing slash: the same rule (routers redirect one spelling to the other)
+        ("POST", "/orders/", {"write:orders"}),
+        ("delete", "/orders/7/", {"admin"}),
+        # doubled slashes: Werkzeug merges them, so the merged path's rule applies too
+        ("POST", "//orders", {"write:orders"}),
+        ("POST", "///orders//", {"write:orders"}),
+        ("GET", "///admin//users", {"admin"}),
+        ("GET", "/admin", {"admin"}),
+        ("GET", "/files/report.pdf", {"files"}),
+        ("GET", "/files/a.b.c", {"files"}),
+        ("GET", "/files/report", set()),  # no ".": the rule does not apply, a token is needed
+        ("GET", "/health", "public"),
+        ("GET", "/static/app.js", "public"),
+        ("GET", "/static", "public"),
+        ("GET", "/nowhere", set()),
+        # a spelling never makes a path public that is not public as written
+        ("GET", "//health", set()),
+        ("GET", "/health/", set()),
+    ],
+)
+def test_what_each_spelling_needs(method: str, path: str, expected: Any) -> None:
+    assert needs(method, path) == expected
+
+
+def test_the_scopes_of_every_spelling_are_needed_together() -> None:
+    rules = RuleSet(
+        [
+            Rule("/a/", scopes="slash"),
+            Rule("/a", scopes="bare"),
+            Rule("/x", scopes=["p", "q"], any_of=True),
+        ]
+    )
+    assert rules.requirement("GET", "/a").groups() == (Requirement(scopes=("bare", "slash")),)
+    both = rules.requirement("GET", "/x/")
+    assert both.groups() == (Requirement(scopes=("p", "q"), any_of=True),)
+    mixed = RuleSet([Rule("/y", scopes="one"), Rule("/y/", scopes=["p", "q"], any_of=True)])
+    assert mixed.requirement("GET", "/y").groups() == (
+        Requirement(scopes=("one",)),
+        Requirement(scopes=("p", "q"), any_of=True),
+    )
+
+
+@pytest.mark.parametrize(
+    ("root_path", "path", "expected"),
+    [
+        ("", "/orders", "/orders"),
+        ("/api", "/api/orders", "/orders"),
+        ("/api", "/api", "/"),
+        ("/api", "/api/", "/"),
+        ("/api", "/apiorders", "/apiorders"),  # not below the root: routed as it is
+        ("/api", "/orders", "/orders"),  # a proxy that already stripped the prefix
+        ("/v1/shop", "/v1/shop/orders/7", "/orders/7"),
+    ],
+)
+def test_route_path_strips_the_root_path_as_starlette_does(
+    root_path: str, path: str, expected: str
+) -> None:
+    assert route_path({"type": "http", "path": path, "root_path": root_path}) == expected
+
+
+def test_a_mounted_guard_applies_its_rules_below_the_mount_point() -> None:
+    issuer = LocalIssuer(audience="https://api.test")
+    server = issuer.resource_server()
+
+    async def ok(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(request.method)
+
+    inner = Starlette(
+        routes=[
+            Route("/orders", ok, methods=["GET", "POST"]),
+            Route("/orders/{id}", ok, methods=["DELETE"]),
+            Route("/health", ok),
+        ]
+    )
+    guarded = BearerAuthMiddleware(
+        inner, server=server, public=["/health"], rules=list(RULES.rules[2:])
+    )
+    client = TestClient(Starlette(routes=[Mount("/v1", app=guarded)]))
+    read = {"Authorization": f"Bearer {issuer.mint('read:orders')}"}
+    write = {"Authorization": f"Bearer {issuer.mint('write:orders')}"}
+    assert client.get("/v1/health").status_code == 200
+    assert client.post("/v1/orders", headers=read).status_code == 403
+    assert client.post("/v1/orders", headers=write).status_code == 200
+    assert client.get("/v1/orders", headers=read).status_code == 200
+    assert client.delete("/v1/orders/1", headers=write).status_code == 403
+
+
+async def _lowercase_delete(app: Any, headers: list[tuple[bytes, bytes]]) -> int:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "delete",  # as uvicorn passes a lowercase request method on
+        "path": "/orders/1",
+        "root_path": "",
+        "headers": headers,
+        "query_string": b"",
+    }
+    await app(scope, receive, send)
+    return int(sent[0]["status"])
+
+
+def test_a_lowercase_method_meets_the_rule_for_its_uppercase_form() -> None:
+    import asyncio
+
+    issuer = LocalIssuer(audience="https://api.test")
+    reached: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["method"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    guarded = BearerAuthMiddleware(app, server=issuer.resource_server(), rules=list(RULES.rules))
+    token = issuer.mint("read:orders")
+    status = asyncio.run(
+        _lowercase_delete(guarded, [(b"authorization", f"Bearer {token}".encode())])
+    )
+    assert status == 403
+    assert reached == []
+
+
+# -- linear time ----------------------------------------------------------------------------
+
+
+def _old_regex(pattern: str) -> re.Pattern[str]:
+    """The matcher of round 1: one regex per rule (correct, but backtracking)."""
+    prefix = pattern.endswith("/*")
+    body = pattern[:-2] if prefix else pattern
+    regex = ""
+    for piece in re.split(r"(\{[A-Za-z_][A-Za-z0-9_]*\})", body):
+        regex += "[^/]+" if piece.startswith("{") and piece.endswith("}") else re.escape(piece)
+    return re.compile(regex + ("(?:/.*)?" if prefix else ""), re.S)
+
+
+_piece = st.sampled_from(["a", ".", "-", "ab", "{x}", "{y}", "/"])
+_path_char = st.sampled_from(["a", "b", ".", "-", "/"])
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    pattern=st.lists(_piece, max_size=6).map(lambda p: "/" + "".join(p)),
+    prefix=st.booleans(),
+    path=st.lists(_path_char, max_size=12).map(lambda p: "/" + "".join(p)),
+)
+def test_the_segment_matcher_agrees_with_the_round_one_regex(
+    pattern: str, prefix: bool, path: str
+) -> None:
+    if prefix:
+        pattern = pattern.rstrip("/") + "/*"
+    rule = Rule(pattern, scopes="s")
+    assert rule.matches("GET", path) == bool(_old_regex(pattern).fullmatch(path)), (pattern, path)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("pattern", "path"),
+    [
+        ("/files/{name}.{ext}", "/files/" + "a." * 150_000 + "/"),
+        ("/files/{name}.{ext}/x", "/files/" + "a." * 150_000 + "b/y"),
+        ("/f/{a}-{b}-{c}", "/f/" + "-" * 300_000),
+        ("/f/{a}{b}{c}.json", "/f/" + "x" * 300_000),
+    ],
+)
+def test_hostile_paths_are_matched_without_backtracking(pattern: str, path: str) -> None:
+    """~300 KB paths that cost the round-one regex minutes (quadratic or worse) are decided
+    at once; the timeout only stops a regression from hanging the suite."""
+    rules = RuleSet([Rule(pattern, scopes="s")])
+    for _ in range(20):
+        rules.requirement("GET", path)
+
+
+def test_adjacent_placeholders_need_one_character_each() -> None:
+    rule = Rule("/f/{a}{b}.json", scopes="s")
+    assert rule.matches("GET", "/f/ab.json")
+    assert not rule.matches("GET", "/f/a.json")
+    assert not rule.matches("GET", "/f/.json")
