@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, FastAPI, Security
 from pydantic import BaseModel
 from starlette.testclient import TestClient
 
-from bearerguard import AccessToken, ResourceServer
+from bearerguard import AccessToken, ResourceServer, require_scopes
 from bearerguard.asgi import BearerAuthMiddleware
 from bearerguard.fastapi import BearerAuth, add_exception_handler
 from bearerguard.testing import LocalIssuer
@@ -122,6 +122,27 @@ def build_app(
         return {"users": 3}
 
     app.include_router(router)
+
+    # Scope checks made in the route body, on a token the dependency verified.
+    @app.get("/body/check-scopes")
+    async def body_check_scopes(
+        token: Annotated[AccessToken, Security(auth, scopes=["read"])],
+    ) -> dict[str, Any]:
+        server.check_scopes(token, "admin")
+        return describe(token)
+
+    @app.get("/body/require-scopes")
+    async def body_require_scopes(token: Annotated[AccessToken, Depends(auth)]) -> dict[str, Any]:
+        require_scopes(token, "admin")  # raises without a realm
+        return describe(token)
+
+    @app.get("/body/require-scopes-sync")
+    def body_require_scopes_sync(
+        token: Annotated[AccessToken, Security(auth, scopes=["read"])],
+    ) -> dict[str, Any]:
+        require_scopes(token, "admin")
+        return describe(token)
+
     return app
 
 
@@ -247,10 +268,19 @@ def test_issuer_down_is_503_with_retry_after(issuer: LocalIssuer, explicit_handl
         assert "detail" not in response.json()
 
 
-def test_reuses_the_token_verified_by_the_middleware(issuer: LocalIssuer) -> None:
-    asked: list[str] = []
-    app = build_app(unreachable(issuer, asked))
-    app.add_middleware(BearerAuthMiddleware, server=issuer.resource_server(), public=["/public"])
+def test_reuses_the_token_verified_by_the_middleware(
+    issuer: LocalIssuer, server: ResourceServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verified: list[str | None] = []
+    verify = server.authenticate_async
+
+    async def counted(authorization: str | None) -> AccessToken:
+        verified.append(authorization)
+        return await verify(authorization)
+
+    monkeypatch.setattr(server, "authenticate_async", counted)
+    app = build_app(server)
+    app.add_middleware(BearerAuthMiddleware, server=server, public=["/public"])
     client = TestClient(app, raise_server_exceptions=False)
     response = client.get("/read", headers=bearer(issuer.mint("read", sub="hal")))
     assert response.status_code == 200
@@ -261,7 +291,56 @@ def test_reuses_the_token_verified_by_the_middleware(issuer: LocalIssuer) -> Non
         "insufficient_scope",
         "read",
     )
-    assert asked == []
+    assert len(verified) == 2  # once per request, by the middleware
+
+
+def test_verifies_again_a_token_another_server_verified(issuer: LocalIssuer) -> None:
+    # The middleware's server is another API's: its verdict is not this dependency's.
+    asked: list[str] = []
+    app = build_app(unreachable(issuer, asked))
+    app.add_middleware(BearerAuthMiddleware, server=issuer.resource_server(), public=["/public"])
+    client = TestClient(app, raise_server_exceptions=False)
+    response = client.get("/read", headers=bearer(issuer.mint("read", sub="hal")))
+    assert response.status_code == 503
+    assert asked
+
+
+ADMIN_CHALLENGE = (
+    f'Bearer realm="{AUDIENCE}", error="insufficient_scope", '
+    'error_description="token lacks the scopes: admin", scope="admin"'
+)
+ADMIN_BODY = {
+    "error": "insufficient_scope",
+    "error_description": "token lacks the scopes: admin",
+    "scope": "admin",
+}
+
+
+@pytest.mark.parametrize("explicit_handler", [False, True])
+@pytest.mark.parametrize(
+    "path", ["/body/check-scopes", "/body/require-scopes", "/body/require-scopes-sync"]
+)
+def test_scope_error_in_the_route_body_is_403_from_the_first_request(
+    server: ResourceServer, issuer: LocalIssuer, explicit_handler: bool, path: str
+) -> None:
+    # A fresh app: no earlier request has failed inside BearerAuth. The answer must not
+    # depend on that (it was 500 until some request had failed in the dependency).
+    app = build_app(server, explicit_handler=explicit_handler)
+    client = TestClient(app, raise_server_exceptions=False)
+    headers = bearer(issuer.mint("read"))
+    first = client.get(path, headers=headers)
+    assert first.status_code == 403, first.text
+    assert first.headers["www-authenticate"] == ADMIN_CHALLENGE
+    assert first.json() == ADMIN_BODY
+    assert_error(first, 403, "insufficient_scope", "admin")
+    # The same answer as a scope failure inside the dependency, and the same afterwards.
+    dependency = client.get("/admin/stats", headers=headers)
+    assert dependency.status_code == 403
+    assert dependency.headers["www-authenticate"] == first.headers["www-authenticate"]
+    assert dependency.json() == first.json()
+    again = client.get(path, headers=headers)
+    assert (again.status_code, again.json()) == (403, ADMIN_BODY)
+    assert again.headers["www-authenticate"] == ADMIN_CHALLENGE
 
 
 # -- OpenAPI --------------------------------------------------------------------------------------

@@ -28,12 +28,22 @@ _HANDLERS_KEY = "starlette.exception_handlers"
 
 
 async def _handle(request: Request, exc: Exception) -> Response:
+    """The RFC 6750 response; a realm-less error (``require_scopes``) gets the realm of the
+    server that verified the request's token."""
     assert isinstance(exc, AuthError)
+    if exc.realm is None:
+        token = request.scope.get("auth")
+        if isinstance(token, AccessToken) and isinstance(token._server, ResourceServer):
+            token._server.with_realm(exc)
     return error_response(exc)
 
 
 def add_exception_handler(app: Any) -> None:
-    """Render AuthError raised anywhere in ``app`` as an RFC 6750 response."""
+    """Render AuthError raised anywhere in ``app`` as an RFC 6750 response.
+
+    ``BearerAuth`` installs the same handler on its first request; call this as well when
+    routes without it raise AuthError (e.g. ``require_scopes`` behind the middleware alone).
+    """
     app.add_exception_handler(AuthError, _handle)
 
 
@@ -42,7 +52,8 @@ class BearerAuth(OAuth2):
 
     Use it with ``Security(auth, scopes=[...])`` (all of them needed) or with
     ``Security(auth.any_of(), scopes=[...])`` (one is enough); ``Depends(auth)`` needs only a
-    valid token. Errors are rendered by bearerguard, never as ``{"detail": ...}``.
+    valid token. Errors are rendered by bearerguard, never as ``{"detail": ...}``: those of
+    the dependency, and ``AuthError`` raised in the route body (``require_scopes``), too.
     """
 
     def __init__(
@@ -79,23 +90,21 @@ class BearerAuth(OAuth2):
     async def __call__(  # type: ignore[override]
         self, request: HTTPConnection, security_scopes: SecurityScopes
     ) -> AccessToken:
+        # FastAPI renders unknown exceptions as 500 and HTTPException as {"detail": ...}. This
+        # scope entry holds the ExceptionMiddleware's own handler table (one dict for the app,
+        # read when an exception reaches it), so ours goes in on the first request, before
+        # anything can fail: AuthError renders from the dependency and from the route body
+        # alike, on every request. A handler the app registered for AuthError is kept.
+        handlers = request.scope.get(_HANDLERS_KEY)
+        if handlers and isinstance(handlers[0], dict) and AuthError not in handlers[0]:
+            handlers[0][AuthError] = _handle
         try:
-            token = request.scope.get("auth")
-            if not isinstance(token, AccessToken):  # not already verified by the middleware
+            token = self.server.reuse(request.scope.get("auth"))
+            if token is None:  # not already verified by this server (e.g. in the middleware)
                 header = authorization_header(request.scope["headers"])
                 token = await self.server.authenticate_async(header)
             self.server.check_scopes(token, security_scopes.scopes, any_of=self.require_any)
         except AuthError as exc:
-            self._ensure_handler(request)
             raise self.server.with_realm(exc) from None
         request.scope["auth"] = token
         return token
-
-    @staticmethod
-    def _ensure_handler(request: HTTPConnection) -> None:
-        # FastAPI renders unknown exceptions as 500 and HTTPException as {"detail": ...}.
-        # Starlette looks exception handlers up per request in this scope entry, so adding
-        # ours here makes the error render correctly even if the app never registered it.
-        handlers = request.scope.get(_HANDLERS_KEY)
-        if handlers and isinstance(handlers[0], dict):
-            handlers[0].setdefault(AuthError, _handle)
