@@ -2,11 +2,15 @@
 
 # No "from __future__ import annotations": FastAPI must resolve the Annotated[...] of routes
 # defined inside build_app(), whose names exist only in that function.
+import logging
+import socket
+import time
 from typing import Annotated, Any
 
 import httpx
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Security
+from faults import TRICKLE_HEADERS, FaultyIssuer
 from pydantic import BaseModel
 from starlette.testclient import TestClient
 
@@ -358,11 +362,76 @@ def test_openapi_security_scheme(server: ResourceServer, issuer: LocalIssuer) ->
     }
 
 
-def test_openapi_token_url_can_be_set(server: ResourceServer) -> None:
-    app = build_app(server, token_url="https://tenant.logto.app/oidc/token")
-    document = TestClient(app).get("/openapi.json").json()
+def token_url(client: TestClient) -> str:
+    document = client.get("/openapi.json").json()
     flow = document["components"]["securitySchemes"]["OAuth2ClientCredentials"]["flows"]
-    assert flow["clientCredentials"]["tokenUrl"] == "https://tenant.logto.app/oidc/token"
+    return flow["clientCredentials"]["tokenUrl"]  # type: ignore[no-any-return]
+
+
+def test_openapi_token_url_can_be_set(issuer: LocalIssuer) -> None:
+    asked: list[str] = []
+    app = build_app(unreachable(issuer, asked), token_url="https://tenant.logto.app/oidc/token")
+    assert token_url(TestClient(app)) == "https://tenant.logto.app/oidc/token"
+    assert asked == []  # an explicit token_url needs no discovery
+
+
+class Auth0LikeIssuer(LocalIssuer):
+    """A LocalIssuer whose discovery names its token endpoint ``/oauth/token`` (as Auth0's)."""
+
+    def metadata(self) -> dict[str, Any]:
+        token_endpoint = str(httpx.URL(self.issuer).join("/oauth/token"))
+        return {**super().metadata(), "token_endpoint": token_endpoint}
+
+
+def discoveries(issuer: LocalIssuer) -> int:
+    return sum(".well-known" in path for path in issuer.requests)
+
+
+def test_openapi_token_url_is_discovered() -> None:
+    issuer = Auth0LikeIssuer(audience=AUDIENCE, clock=clock)
+    with issuer.serve() as url:
+        server = ResourceServer(url, AUDIENCE, require_typ=True, clock=clock, fetch_timeout=5)
+        client = TestClient(build_app(server))
+        assert token_url(client) == url.removesuffix("/oidc") + "/oauth/token"
+    assert discoveries(issuer) == 1
+
+
+def test_openapi_token_url_reuses_the_discovery_made_for_the_keys() -> None:
+    issuer = Auth0LikeIssuer(audience=AUDIENCE, clock=clock)
+    with issuer.serve() as url:
+        server = ResourceServer(url, AUDIENCE, require_typ=True, clock=clock, fetch_timeout=5)
+        client = TestClient(build_app(server))
+        assert client.get("/read", headers=bearer(issuer.mint("read"))).status_code == 200
+        assert discoveries(issuer) == 1
+        assert token_url(client) == url.removesuffix("/oidc") + "/oauth/token"
+    assert discoveries(issuer) == 1  # no second discovery for the docs
+
+
+def closed_port_issuer() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/oidc"
+
+
+def test_openapi_token_url_falls_back_when_the_issuer_is_unreachable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = closed_port_issuer()
+    server = ResourceServer(url, AUDIENCE, clock=clock, fetch_timeout=2)
+    with caplog.at_level(logging.WARNING, logger="bearerguard"):
+        assert token_url(TestClient(build_app(server))) == url + "/token"
+    assert "token endpoint" in caplog.text
+
+
+def test_openapi_token_url_discovery_is_bounded_in_time() -> None:
+    # Response headers trickled a byte at a time never trip httpx's read timeout.
+    with FaultyIssuer(audience=AUDIENCE) as faulty:
+        faulty.set_mode(TRICKLE_HEADERS)
+        server = ResourceServer(faulty.url, AUDIENCE, clock=clock, fetch_timeout=0.3)
+        started = time.monotonic()
+        assert token_url(TestClient(build_app(server))) == faulty.url + "/token"
+        assert time.monotonic() - started < 2
 
 
 def test_openapi_lists_each_routes_scopes(server: ResourceServer) -> None:

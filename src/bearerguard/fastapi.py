@@ -2,22 +2,37 @@
 
 ``auth = BearerAuth(server, scopes={"read:products": "Read the catalogue"})``, then
 ``token: AccessToken = Security(auth, scopes=["read:products"])`` on a route. ``/docs`` shows
-an Authorize button (client credentials) and each route's scopes.
+an Authorize button (client credentials, with the issuer's discovered token endpoint) and
+each route's scopes.
 """
 
 from __future__ import annotations
 
 import copy
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
+import httpx
 from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlows
+from fastapi.openapi.models import SecurityBase as SecurityBaseModel
 from fastapi.security import OAuth2, SecurityScopes
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from .asgi import authorization_header
 from .errors import AuthError
+from .fetch import (
+    USER_AGENT,
+    KeySource,
+    discover,
+    log,
+    metadata_url,
+    run_bounded,
+    run_sync,
+    sync_client,
+)
 from .server import ResourceServer
 from .starlette import error_response
 from .token import AccessToken
@@ -47,6 +62,60 @@ def add_exception_handler(app: Any) -> None:
     app.add_exception_handler(AuthError, _handle)
 
 
+def _fetch_metadata(source: KeySource) -> dict[str, Any]:
+    """The issuer's discovery document, fetched with the key source's client and timeout."""
+    headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+    extensions = {"timeout": httpx.Timeout(source.timeout).as_dict()}
+    flow = discover(source.issuer, headers, extensions)
+    deadline = time.monotonic() + 2 * source.timeout
+    if source.http_client is not None:
+        return run_sync(flow, source.http_client, deadline=deadline)
+    with sync_client(source.timeout, source.transport) as client:
+        return run_sync(flow, client, deadline=deadline)
+
+
+def _discover_token_url(server: ResourceServer) -> str:
+    """The first issuer's ``token_endpoint`` (OIDC discovery / RFC 8414).
+
+    Metadata already fetched for the keys is used as is; otherwise it is fetched now, within
+    two fetch timeouts. When that fails, a warning is logged and ``<issuer>/token`` (Logto's)
+    is returned: the docs are worth serving even when the issuer is down.
+    """
+    source = server.key_sources[0]
+    guess = source.issuer.rstrip("/") + "/token"
+    try:
+        metadata = source.metadata
+        if metadata is None:
+            metadata = run_bounded(
+                lambda: _fetch_metadata(source), 2 * source.timeout, what="discovery"
+            )
+        return metadata_url(metadata, "token_endpoint")
+    except Exception as exc:  # whatever the issuer or the client did: only the docs suffer
+        log.warning(
+            "bearerguard: cannot discover the token endpoint of %s (%s); OpenAPI shows %s",
+            source.issuer,
+            exc,
+            guess,
+        )
+        return guess
+
+
+class _TokenUrl:
+    """The flow's tokenUrl, discovered once, on first read; shared by ``any_of()`` clones."""
+
+    def __init__(self, server: ResourceServer, flow: OAuthFlowClientCredentials) -> None:
+        self.server = server
+        self.flow = flow
+        self.resolved = False
+        self.lock = threading.Lock()
+
+    def resolve(self) -> None:
+        with self.lock:
+            if not self.resolved:
+                self.flow.tokenUrl = _discover_token_url(self.server)
+                self.resolved = True
+
+
 class BearerAuth(OAuth2):
     """A FastAPI dependency returning the verified ``AccessToken``.
 
@@ -54,6 +123,10 @@ class BearerAuth(OAuth2):
     ``Security(auth.any_of(), scopes=[...])`` (one is enough); ``Depends(auth)`` needs only a
     valid token. Errors are rendered by bearerguard, never as ``{"detail": ...}``: those of
     the dependency, and ``AuthError`` raised in the route body (``require_scopes``), too.
+
+    The OpenAPI tokenUrl is ``token_url`` if given, else the issuer's discovered
+    ``token_endpoint``, looked up once, when FastAPI first builds the document
+    (``app.openapi()``; at most two fetch timeouts, and none when the keys were fetched).
     """
 
     def __init__(
@@ -65,13 +138,10 @@ class BearerAuth(OAuth2):
         scheme_name: str = "OAuth2ClientCredentials",
         description: str | None = None,
     ) -> None:
-        if token_url is None:  # Logto and most issuers: <issuer>/token
-            token_url = server.issuers[0].rstrip("/") + "/token"
-        flows = OAuthFlows(
-            clientCredentials=OAuthFlowClientCredentials(
-                tokenUrl=token_url, scopes=dict(scopes or {})
-            )
-        )
+        flow = OAuthFlowClientCredentials(tokenUrl=token_url or "", scopes=dict(scopes or {}))
+        # No I/O here (the app is being imported): the endpoint is discovered on first read.
+        self._token_url = None if token_url else _TokenUrl(server, flow)
+        flows = OAuthFlows(clientCredentials=flow)
         super().__init__(
             flows=flows,
             scheme_name=scheme_name,
@@ -80,6 +150,18 @@ class BearerAuth(OAuth2):
         )
         self.server = server
         self.require_any = False
+
+    @property
+    def model(self) -> SecurityBaseModel:
+        """The OpenAPI security scheme; reading it first resolves the tokenUrl."""
+        pending = self._token_url
+        if pending is not None and not pending.resolved:
+            pending.resolve()
+        return self._model
+
+    @model.setter
+    def model(self, value: SecurityBaseModel) -> None:
+        self._model = value
 
     def any_of(self) -> BearerAuth:
         """The same scheme, satisfied by any one of the route's scopes."""

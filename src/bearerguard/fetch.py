@@ -283,6 +283,7 @@ class KeySource:
         self.issuer = issuer
         self.fixed_jwks_uri = jwks_uri
         self.jwks_uri = jwks_uri
+        self.metadata: dict[str, Any] | None = None  # the last discovery document, if any
         self.cache = cache
         self.timeout = timeout
         self.clock = clock
@@ -302,6 +303,7 @@ class KeySource:
         extensions = {"timeout": httpx.Timeout(self.timeout).as_dict()}
         if self.jwks_uri is None:
             metadata = yield from discover(self.issuer, headers, extensions)
+            self.metadata = metadata  # e.g. for the token_endpoint shown in OpenAPI docs
             self.jwks_uri = metadata_url(metadata, "jwks_uri")
         jwks_headers = dict(headers)
         if self.cache.etag and self.cache.keys is not None:
