@@ -531,7 +531,7 @@ def test_503_is_identical_across_adapters_and_has_retry_after(issuer: LocalIssue
     assert shapes["decorator"] == first
     assert shapes["fastapi"] == first
     assert first["status"] == 503
-    assert first["retry-after"] == "30"  # the refetch cooldown, on a frozen clock
+    assert first["retry-after"] == "1"  # the first outage retry, on a frozen clock
     assert first["www-authenticate"].startswith("Bearer")
     assert first["body"]["error"] == "temporarily_unavailable"
     assert first["body"]["error_description"]

@@ -222,6 +222,58 @@ def test_an_unknown_kid_refetch_starts_the_cooldown(
     assert stub_issuer.jwks_fetches == 3
 
 
+def test_a_key_rotated_in_right_after_a_stray_kid_is_usable_within_5_seconds(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    """The defaults: one random-kid token cannot shut a rotated-in key out for long."""
+    server = stub_issuer.resource_server()
+    token = stub_issuer.mint()
+    server.authenticate(bearer(token))
+    with pytest.raises(InvalidToken):
+        server.authenticate(bearer(with_kid(token, "random")))  # starts the 5 s cooldown
+    stub_issuer.rotate()
+    fake_clock.advance(0.5)
+    first_token_at = fake_clock.now
+    while True:
+        try:
+            fresh(stub_issuer, server)
+            break
+        except InvalidToken:
+            fake_clock.advance(0.5)
+    assert fake_clock.now - first_token_at <= 5
+    assert stub_issuer.jwks_fetches == 3
+
+
+def test_a_key_rotated_in_after_a_failed_refresh_is_usable_within_5_seconds(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    """A failed refresh (issuer briefly down, keys stale) delays routine refreshes by 30 s,
+    but not the first token of a newly published key."""
+    server = stub_issuer.resource_server(jwks_ttl=600)
+    fresh(stub_issuer, server)
+    stub_issuer.down = True
+    fake_clock.advance(600)
+    fresh(stub_issuer, server)  # the refresh fails; stale keys serve
+    stub_issuer.down = False
+    stub_issuer.rotate()
+    fake_clock.advance(1)
+    assert fresh(stub_issuer, server).sub == "test-client"  # fetched at once
+
+
+def test_random_kids_cost_the_issuer_one_fetch_per_5_seconds(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    server = stub_issuer.resource_server()
+    token = stub_issuer.mint()
+    server.authenticate(bearer(token))
+    rng = random.Random(5)
+    for _ in range(600):  # one random kid every 0.1 s for a minute
+        with pytest.raises(InvalidToken, match="unknown signing key"):
+            server.authenticate(bearer(with_kid(token, f"{rng.getrandbits(64):016x}")))
+        fake_clock.advance(0.1)
+    assert stub_issuer.jwks_fetches == 1 + 12  # the first fetch, then at 0, 5, ..., 55 s
+
+
 # -- when the issuer is down -----------------------------------------------------------------------
 
 
@@ -258,33 +310,75 @@ def test_cold_and_down_is_issuer_unavailable_with_retry_after(
     stub_issuer: StubIssuer, fake_clock: FakeClock
 ) -> None:
     stub_issuer.down = True
-    server = stub_issuer.resource_server(refetch_cooldown=30)
+    server = stub_issuer.resource_server()
     with pytest.raises(IssuerUnavailable) as info:
         fresh(stub_issuer, server)
     assert info.value.status_code == 503
-    assert info.value.retry_after == 30
-    assert info.value.headers["Retry-After"] == "30"
+    assert info.value.retry_after == 1  # nothing cached: the first retry comes after 1 s
+    assert info.value.headers["Retry-After"] == "1"
     assert json.loads(info.value.to_json())["error"] == "temporarily_unavailable"
 
 
-def test_no_more_fetches_than_the_cooldown_allows_while_down(
+def test_with_nothing_cached_retries_back_off_from_1_to_5_seconds(
     stub_issuer: StubIssuer, fake_clock: FakeClock
 ) -> None:
     stub_issuer.down = True
-    server = stub_issuer.resource_server(refetch_cooldown=30)
-    for _ in range(50):
-        with pytest.raises(IssuerUnavailable):
+    server = stub_issuer.resource_server()
+    start = fake_clock.now
+    tried_at: list[float] = []
+    waits: list[int] = []
+    while fake_clock.now < start + 30:
+        before = len(stub_issuer.requests)
+        with pytest.raises(IssuerUnavailable) as info:
             fresh(stub_issuer, server)
-    assert len(stub_issuer.requests) == 1
-    fake_clock.advance(10)
+        if len(stub_issuer.requests) > before:
+            tried_at.append(fake_clock.now - start)
+            waits.append(info.value.retry_after)
+        fake_clock.advance(0.25)
+    assert tried_at == [0, 1, 3, 7, 12, 17, 22, 27]
+    assert waits == [1, 2, 4, 5, 5, 5, 5, 5]  # Retry-After says the real wait
+    # Within the backoff nothing is asked, and Retry-After counts down to the next try.
+    fake_clock.now = start + 29
     with pytest.raises(IssuerUnavailable) as info:
         fresh(stub_issuer, server)
-    assert info.value.retry_after == 20
-    assert len(stub_issuer.requests) == 1
-    fake_clock.advance(20)
+    assert info.value.retry_after == 3
+    assert len(stub_issuer.requests) == 8
+
+
+def test_a_hanging_try_does_not_push_the_next_one_back(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    """The backoff counts from the start of a try: one that hung for its whole deadline is
+    followed by the next as soon as a request comes."""
+    stub_issuer.down = True
+    server = stub_issuer.resource_server()
+    for _ in range(4):  # waits of 1, 2, 4, then 5 s
+        with pytest.raises(IssuerUnavailable):
+            fresh(stub_issuer, server)
+        fake_clock.advance(5)
+    (source,) = server.key_sources
+    source.cache.started(None, fake_clock.now)  # a try that then hangs for 10 s
+    fake_clock.advance(10)
+    source.cache.failed("took too long", fake_clock.now)
+    assert source.cache.retry_after(fake_clock.now) == 1
+    before = len(stub_issuer.requests)
     with pytest.raises(IssuerUnavailable):
         fresh(stub_issuer, server)
-    assert len(stub_issuer.requests) == 2
+    assert len(stub_issuer.requests) == before + 1
+
+
+def test_no_more_fetches_than_the_refresh_retry_allows_while_keys_are_cached(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    server = stub_issuer.resource_server(jwks_ttl=600)
+    fresh(stub_issuer, server)
+    stub_issuer.down = True
+    fake_clock.advance(600)
+    asked = len(stub_issuer.requests)
+    for _ in range(50):  # 50 s of requests with stale keys: one try, then one 30 s later
+        fresh(stub_issuer, server)
+        fake_clock.advance(1)
+    assert len(stub_issuer.requests) - asked == 2
 
 
 @pytest.mark.anyio
@@ -299,11 +393,11 @@ async def test_cold_and_down_async(stub_issuer: StubIssuer) -> None:
 
 def test_recovery_once_the_issuer_is_back(stub_issuer: StubIssuer, fake_clock: FakeClock) -> None:
     stub_issuer.down = True
-    server = stub_issuer.resource_server(refetch_cooldown=30)
-    with pytest.raises(IssuerUnavailable):
+    server = stub_issuer.resource_server()
+    with pytest.raises(IssuerUnavailable) as info:
         fresh(stub_issuer, server)
     stub_issuer.down = False
-    fake_clock.advance(30)
+    fake_clock.advance(info.value.retry_after)
     assert fresh(stub_issuer, server).sub == "test-client"
     assert stub_issuer.jwks_fetches == 1
 

@@ -8,8 +8,10 @@ httpx.ASGITransport, Flask through its test client) and the ResourceServer's two
 - with keys cached: keep serving them (200) up to ``max_stale`` past their TTL, then 503;
 - with nothing cached: answer 503 + Retry-After + {"error": "temporarily_unavailable"} within
   the fetch timeout plus a margin (never hang, never 500);
-- ask the issuer no more often than the cooldown allows while it is down;
-- recover (200) once the issuer is healthy again, without a restart.
+- ask the issuer no more often than the policy allows while it is down: with keys cached,
+  a refresh every ``refresh_retry`` (30 s); with none, backing off from 1 s to 5 s;
+- recover (200) once the issuer is healthy again, without a restart: within the outage
+  pace (5 s) when nothing usable is cached.
 
 Time is faked (an injected clock on the key sources) except where wall time is the point.
 """
@@ -55,7 +57,8 @@ FACES = ["sync", "async"]
 FETCH_TIMEOUT = 0.3  # seconds, while the issuer hangs or trickles; the default is 5
 HEALTHY_TIMEOUT = 5.0  # otherwise: a loaded machine must not turn a healthy fetch into a fault
 MARGIN = 1.0  # seconds of slack on top of what the timeout allows
-COOLDOWN = 30.0  # the default refetch_cooldown
+REFRESH_RETRY = 30.0  # the default refresh_retry: a failed refresh with keys cached
+OUTAGE_MAX = 5.0  # the default outage_retry_max: retries with nothing usable cached
 TTL = 600.0  # the default jwks_ttl
 MAX_STALE = 3600.0  # the default max_stale
 READ = "read:products"
@@ -127,15 +130,17 @@ def api(request: pytest.FixtureRequest, faulty: FaultyIssuer) -> Iterator[AppCli
         yield client
 
 
-def assert_503(reply: Reply, *, cooldown: float = COOLDOWN) -> None:
+def assert_503(reply: Reply, *, wait: float = OUTAGE_MAX) -> int:
+    """A 503 with the usual body and a Retry-After of at most ``wait``; returns it."""
     assert reply.status == 503, (reply.status, reply.body)
     assert reply.headers["www-authenticate"].startswith("Bearer")
     retry_after = int(reply.headers["retry-after"])
-    assert 1 <= retry_after <= cooldown
+    assert 1 <= retry_after <= wait
     body = reply.json()
     assert body["error"] == "temporarily_unavailable"
     assert isinstance(body["error_description"], str)
     assert body["error_description"]
+    return retry_after
 
 
 def assert_invalid_token(reply: Reply) -> None:
@@ -197,42 +202,48 @@ def test_cached_keys_serve_through_an_outage_up_to_max_stale_then_recover(
 
     clock.advance(TTL + 1)  # the keys are stale: one refresh, it fails, they keep serving
     assert api.get("/products", faulty.mint(READ)).status == 200
-    # An unknown kid while keys are cached and the issuer is down is the token's fault.
+    # An unknown kid while keys are cached: one refetch (the kid might be new), which fails,
+    # so it is the token's fault; the next one within the cooldown asks nobody.
     assert_invalid_token(api.get("/products", stranger_token(faulty)))
+    assert_invalid_token(api.get("/products", stranger_token(faulty)))
+    assert source.cache.fetches - fetches == 2
     clock.advance(MAX_STALE - 3)  # two seconds before the stale window closes: a refresh
     assert api.get("/whoami", faulty.mint()).status == 200
-    clock.advance(2)  # the window has closed and the last failure is recent: 503, no fetch
-    assert_503(api.get("/products", faulty.mint(READ)))
-    assert source.cache.fetches - fetches == 2
-    assert faulty.count("all") <= 2 * 2
+    clock.advance(2)  # the window has closed; the last try was 2 s ago: 503, no fetch
+    wait = assert_503(api.get("/products", faulty.mint(READ)))
+    assert source.cache.fetches - fetches == 3
+    assert faulty.count("all") <= 3 * 2
 
     heal_issuer(faulty, api.server)
     asked = faulty.count("all")
-    assert_503(api.get("/products", faulty.mint(READ)))  # still cooling down: no fetch
+    assert assert_503(api.get("/products", faulty.mint(READ))) == wait  # no fetch yet
     assert faulty.count("all") == asked
-    clock.advance(COOLDOWN)
+    clock.advance(wait)  # what Retry-After said, and no more than the outage pace
     assert api.get("/products", faulty.mint(READ)).status == 200  # no restart needed
-    assert source.cache.fetches - fetches == 3
+    assert source.cache.fetches - fetches == 4
 
 
 @pytest.mark.parametrize("mode", COOLDOWN_MODES)
-def test_a_down_issuer_is_asked_once_per_cooldown_then_recovery(
+def test_a_down_issuer_with_nothing_cached_is_asked_with_backoff_then_recovery(
     api: AppClient, faulty: FaultyIssuer, mode: str
 ) -> None:
     clock = FakeClock()
     tune(api.server, clock=clock)
     (source,) = api.server.key_sources
     break_issuer(faulty, api.server, mode)
-    for _ in range(20):  # 95 s of traffic, a request every 5 s: fetches at 0, 30, 60, 90
+    for _ in range(60):  # a request every second for a minute
         assert_503(api.get("/products", faulty.mint(READ)))
-        clock.advance(5)
-    assert source.cache.fetches == 4
-    assert_requests(faulty, mode, None, 4)
+        clock.advance(1)
+    # Tries at 0, +1, +3, +7 (waits of 1, 2, 4 s), then every 5 s: 12, 17, ..., 57.
+    assert source.cache.fetches == 4 + 10
+    assert_requests(faulty, mode, None, 14)
 
-    heal_issuer(faulty, api.server)
-    clock.advance(COOLDOWN)
+    heal_issuer(faulty, api.server)  # at +60; the next try is due at +62
+    wait = assert_503(api.get("/products", faulty.mint(READ)))
+    assert wait == 2
+    clock.advance(wait)
     assert api.get("/products", faulty.mint(READ)).status == 200
-    assert source.cache.fetches == 5
+    assert source.cache.fetches == 15
 
 
 def test_a_concurrent_cold_start_against_a_hanging_issuer_fetches_once(
@@ -324,8 +335,8 @@ async def test_resource_server_cold_start_with_a_failing_issuer(
         await authenticate(server, face, faulty.mint(READ))
     assert time.monotonic() - started < time_bound(mode)
     assert caught.value.status_code == 503
-    assert caught.value.retry_after == 12
-    assert caught.value.headers["Retry-After"] == "12"
+    assert caught.value.retry_after == 1  # nothing cached: the first retry comes after 1 s
+    assert caught.value.headers["Retry-After"] == "1"
     assert caught.value.to_dict()["error"] == "temporarily_unavailable"
     assert server.key_sources[0].cache.last_error
     assert_requests(faulty, mode, only, 1)
@@ -338,7 +349,9 @@ async def test_resource_server_stale_keys_cooldown_and_recovery(
     faulty: FaultyIssuer, face: str, mode: str
 ) -> None:
     clock = FakeClock()
-    server = resource_server(faulty, clock, refetch_cooldown=25, max_stale=100, jwks_ttl=60)
+    server = resource_server(
+        faulty, clock, refresh_retry=25, refetch_cooldown=25, max_stale=100, jwks_ttl=60
+    )
     (source,) = server.key_sources
     assert (await authenticate(server, face, faulty.mint(READ))).scopes == {READ}
     break_issuer(faulty, server, mode)
@@ -349,19 +362,17 @@ async def test_resource_server_stale_keys_cooldown_and_recovery(
         with pytest.raises(InvalidToken):
             await authenticate(server, face, stranger_token(faulty))
         clock.advance(4)
-    assert source.cache.fetches == 1 + 4  # the first fetch, then at +0, +28, +56, +84
-    with pytest.raises(IssuerUnavailable) as caught:  # the stale window has closed
+    # The first fetch; then at +0, +28, +56 and +84 a refresh and an unknown-kid refetch.
+    assert source.cache.fetches == 1 + 8
+    # The stale window has closed: nothing usable, so the outage pace applies at once.
+    with pytest.raises(IssuerUnavailable) as caught:
         await authenticate(server, face, faulty.mint(READ))
-    assert caught.value.retry_after == 9  # the last try was at +84 (now +100), cooldown 25
-    assert source.cache.fetches == 1 + 4
-    clock.advance(9)
-    with pytest.raises(IssuerUnavailable):  # one more try fails: the stale keys are dropped
-        await authenticate(server, face, faulty.mint(READ))
-    assert source.cache.fetches == 1 + 5
-    assert source.cache.keys is None
+    assert source.cache.fetches == 1 + 9
+    assert source.cache.keys is None  # the failed try dropped the stale keys
+    assert caught.value.retry_after == 5  # nine failures in a row: the 5 s ceiling
 
     heal_issuer(faulty, server)
-    clock.advance(25)
+    clock.advance(5)
     assert (await authenticate(server, face, faulty.mint(READ))).scopes == {READ}
     assert source.cache.last_error is None
 
@@ -373,7 +384,7 @@ async def test_resource_server_faults_only_at_the_jwks_after_discovery(
 ) -> None:
     """The JWKS URL stays known across refreshes; after a failure it is discovered again."""
     clock = FakeClock()
-    server = resource_server(faulty, clock, refetch_cooldown=10)
+    server = resource_server(faulty, clock, refresh_retry=10)
     await authenticate(server, face, faulty.mint(READ))
     assert (faulty.count("discovery"), faulty.count("jwks")) == (1, 1)
     faulty.set_mode(ERROR_500, only="jwks")

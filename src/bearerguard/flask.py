@@ -52,6 +52,8 @@ _CONFIG_OPTIONS = (
     "jwks_min_ttl",
     "jwks_max_ttl",
     "refetch_cooldown",
+    "refresh_retry",
+    "outage_retry_max",
     "max_stale",
     "fetch_timeout",
     "http_client",
@@ -67,7 +69,8 @@ def server_from_config(config: Mapping[str, Any]) -> ResourceServer:
     ``BEARERGUARD_JWKS_URI``, ``_ALGORITHMS``, ``_LEEWAY``, ``_REQUIRE_TYP`` (set it for Logto:
     RFC 9068 ``at+jwt`` tokens), ``_SCOPE_CLAIMS``, ``_REQUIRED_CLAIMS``, ``_REALM``,
     ``_MAX_TOKEN_LENGTH``, ``_TOKEN_CACHE_SIZE``, ``_TOKEN_CACHE_TTL``, ``_JWKS_TTL``,
-    ``_JWKS_MIN_TTL``, ``_JWKS_MAX_TTL``, ``_REFETCH_COOLDOWN``, ``_MAX_STALE``,
+    ``_JWKS_MIN_TTL``, ``_JWKS_MAX_TTL``, ``_REFETCH_COOLDOWN``, ``_REFRESH_RETRY``,
+    ``_OUTAGE_RETRY_MAX``, ``_MAX_STALE``,
     ``_FETCH_TIMEOUT``, ``_HTTP_CLIENT`` (an ``httpx.Client``) and ``_TRANSPORT`` (an httpx
     transport). An unknown ``BEARERGUARD_*`` key is a ``ConfigurationError`` (a typo would
     otherwise silently weaken the configuration).

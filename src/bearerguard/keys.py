@@ -234,35 +234,55 @@ def cache_max_age(cache_control: str | None) -> float | None:
 
 @dataclass(frozen=True)
 class CachePolicy:
-    """How long keys live and how often the issuer may be asked again. Seconds."""
+    """How long keys live and how often the issuer may be asked again. Seconds.
+
+    - ``cooldown``: an unknown kid triggers a refetch at most once per this (a flood of
+      random kids costs the issuer one JWKS fetch per ``cooldown``; a rotated-in key is
+      found within it).
+    - ``refresh_retry``: while usable keys are cached, a failed refresh is retried after this.
+    - ``outage_retry`` .. ``outage_retry_max``: with no usable keys every request fails
+      anyway, so a failed fetch is retried soon: after ``outage_retry``, doubling on each
+      failure, never more than ``outage_retry_max`` apart (counted from the last attempt's
+      start, so a hanging issuer is asked again as soon as the attempt gives up).
+    """
 
     default_ttl: float = 600.0
     min_ttl: float = 60.0
     max_ttl: float = 86400.0
-    cooldown: float = 30.0
+    cooldown: float = 5.0
     max_stale: float = 3600.0
+    refresh_retry: float = 30.0
+    outage_retry: float = 1.0
+    outage_retry_max: float = 5.0
 
     def ttl(self, header_max_age: float | None) -> float:
         if header_max_age is None:
             return self.default_ttl
         return min(max(header_max_age, self.min_ttl), self.max_ttl)
 
+    def outage_backoff(self, failures: int) -> float:
+        """The wait after the ``failures``-th failed fetch in a row with no usable keys."""
+        first = min(self.outage_retry, self.outage_retry_max)
+        return min(first * 2.0 ** min(failures - 1, 32), self.outage_retry_max)
+
 
 class Action(Enum):
     USE = "use"  # the keys in hand answer the question
     FETCH = "fetch"  # ask the issuer now
-    UNKNOWN_KID = "unknown_kid"  # keys are fresh, the kid is not there, and we may not ask again
+    UNKNOWN_KID = "unknown_kid"  # keys are usable, the kid is not there, and we may not ask yet
     UNAVAILABLE = "unavailable"  # no usable keys and we may not ask again yet
 
 
 class KeyCache:
-    """The caching state machine for one key source.
+    """The caching state machine for one key source (see ``CachePolicy`` for the numbers).
 
     - Fresh keys (younger than their TTL) answer directly.
-    - An unknown kid triggers a refetch at most once per ``cooldown``; routine refreshes
-      do not start that cooldown, so a key rotated in right after one is still found.
-    - A failed fetch keeps stale keys serving for up to ``max_stale`` past their TTL, and
-      the issuer is not asked again before ``cooldown`` has passed.
+    - An unknown kid triggers a refetch at most once per ``cooldown``, whatever happened
+      before (a failed refresh included); routine refreshes do not start that cooldown, so a
+      key rotated in right after one is still found.
+    - A failed fetch keeps stale keys serving for up to ``max_stale`` past their TTL; the
+      routine refresh is retried after ``refresh_retry``. With no usable keys left, retries
+      back off from ``outage_retry`` to ``outage_retry_max``.
     """
 
     def __init__(self, policy: CachePolicy) -> None:
@@ -273,29 +293,36 @@ class KeyCache:
         self.kid_refetch_at = -float("inf")  # when an unknown kid may next trigger a fetch
         self.retry_at = -float("inf")  # after a failure: when the issuer may be asked again
         self.last_error: str | None = None
+        self.failures = 0  # failed fetches in a row
         self.fetches = 0
+        self._started_at = 0.0
 
     def plan(self, kid: str | None, now: float) -> Action:
         keys = self.keys
         if keys is not None and now < self.expires_at:
             if keys.find(kid) is not None:
                 return Action.USE
-            if now >= self.kid_refetch_at and now >= self.retry_at:
-                return Action.FETCH
-            return Action.UNKNOWN_KID
+            return Action.FETCH if now >= self.kid_refetch_at else Action.UNKNOWN_KID
         if now >= self.retry_at:
             return Action.FETCH
-        if self.usable_stale(now):
-            return Action.USE if keys is not None and keys.find(kid) else Action.UNKNOWN_KID
-        return Action.UNAVAILABLE
+        if keys is not None and self.usable_stale(now):
+            if keys.find(kid) is not None:
+                return Action.USE
+            return Action.FETCH if now >= self.kid_refetch_at else Action.UNKNOWN_KID
+        # Nothing usable (stale keys may have just run out): the outage pace applies.
+        return Action.FETCH if now >= self._outage_retry_at() else Action.UNAVAILABLE
+
+    def _outage_retry_at(self) -> float:
+        return self._started_at + self.policy.outage_backoff(max(self.failures, 1))
 
     def usable_stale(self, now: float) -> bool:
         return self.keys is not None and now < self.expires_at + self.policy.max_stale
 
     def started(self, kid: str | None, now: float) -> None:
-        """A fetch is starting; an unknown-kid refetch starts the cooldown."""
+        """A fetch is starting; one for a kid the usable keys lack starts the cooldown."""
         self.fetches += 1
-        if self.keys is not None and now < self.expires_at and self.keys.find(kid) is None:
+        self._started_at = now
+        if self.keys is not None and self.usable_stale(now) and self.keys.find(kid) is None:
             self.kid_refetch_at = now + self.policy.cooldown
 
     def succeeded(
@@ -308,14 +335,23 @@ class KeyCache:
         self.expires_at = now + self.policy.ttl(max_age)
         self.retry_at = -float("inf")
         self.last_error = None
+        self.failures = 0
 
     def failed(self, reason: str, now: float) -> None:
         """Record a failed fetch; good keys are never wiped by it."""
-        self.retry_at = now + self.policy.cooldown
+        self.failures += 1
         self.last_error = reason
         if self.keys is not None and not self.usable_stale(now):
             self.keys = None
             self.etag = None
+        if self.keys is not None:
+            self.retry_at = now + self.policy.refresh_retry
+        else:
+            self.retry_at = self._outage_retry_at()
 
     def retry_after(self, now: float) -> int:
-        return max(1, int(self.retry_at - now + 0.999))
+        """Whole seconds until the issuer will be asked again (for ``Retry-After``)."""
+        retry_at = self.retry_at
+        if not self.usable_stale(now):
+            retry_at = min(retry_at, self._outage_retry_at())
+        return max(1, int(retry_at - now + 0.999))

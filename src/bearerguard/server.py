@@ -73,8 +73,10 @@ class ResourceServer:
         jwks_ttl: float = 600.0,
         jwks_min_ttl: float = 60.0,
         jwks_max_ttl: float = 86400.0,
-        refetch_cooldown: float = 30.0,
+        refetch_cooldown: float = 5.0,
         max_stale: float = 3600.0,
+        refresh_retry: float = 30.0,
+        outage_retry_max: float = 5.0,
         fetch_timeout: float = 5.0,
         http_client: httpx.Client | httpx.AsyncClient | None = None,
         async_http_client: httpx.AsyncClient | None = None,
@@ -115,6 +117,8 @@ class ResourceServer:
             max_ttl=_positive(jwks_max_ttl, "jwks_max_ttl"),
             cooldown=_positive(refetch_cooldown, "refetch_cooldown", zero=True),
             max_stale=_positive(max_stale, "max_stale", zero=True),
+            refresh_retry=_positive(refresh_retry, "refresh_retry", zero=True),
+            outage_retry_max=_positive(outage_retry_max, "outage_retry_max", zero=True),
         )
         if not policy.min_ttl <= policy.default_ttl <= policy.max_ttl:
             raise ConfigurationError("need jwks_min_ttl <= jwks_ttl <= jwks_max_ttl")
