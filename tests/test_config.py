@@ -217,3 +217,103 @@ def test_logto_preset_refuses_plain_http_off_loopback() -> None:
         ResourceServer.logto(endpoint="http://tenant.logto.app", audience="https://shopping.api")
     local = ResourceServer.logto(endpoint="http://localhost:3001", audience="https://shopping.api")
     assert local.issuers == ("http://localhost:3001/oidc",)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://tenant.logto.app/oidc",
+        "https://tenant.logto.app/oidc/",
+        "https://auth.shop.example/oidc",
+    ],
+)
+def test_logto_given_the_issuer_instead_of_the_endpoint_says_which_form_it_wants(
+    endpoint: str,
+) -> None:
+    with pytest.raises(ConfigurationError, match="tenant endpoint") as info:
+        ResourceServer.logto(endpoint=endpoint, audience="https://shopping.api")
+    assert repr(endpoint.rstrip("/")[: -len("/oidc")]) in str(info.value)  # what to pass
+    with pytest.raises(ConfigurationError, match="ends in /oidc"):
+        ResourceServer.logto(
+            endpoint=["https://tenant.logto.app", endpoint], audience="https://shopping.api"
+        )
+
+
+# -- a transport of the wrong kind is a start-up error --------------------------------------------
+
+
+def _asgi_only() -> httpx.ASGITransport:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("never asked")
+
+    return httpx.ASGITransport(app=app)
+
+
+def _wsgi_only() -> httpx.WSGITransport:
+    def app(environ: Any, start_response: Any) -> Any:
+        raise AssertionError("never asked")
+
+    return httpx.WSGITransport(app=app)
+
+
+def _server(transport: Any) -> ResourceServer:
+    return ResourceServer("https://issuer.test/oidc", "https://api.test", transport=transport)
+
+
+def test_an_async_only_transport_fails_sync_adapters_at_start_up() -> None:
+    from flask import Flask
+
+    from bearerguard import wsgi
+    from bearerguard.flask import BearerGuard
+    from bearerguard.starlette import Protect
+
+    server = _server(_asgi_only())
+    with pytest.raises(ConfigurationError, match=r"async-only.*http_client=httpx\.Client"):
+        wsgi.BearerAuthMiddleware(lambda e, s: [], server=server)
+    with pytest.raises(ConfigurationError, match="async-only"):
+        BearerGuard(Flask(__name__), server=server)
+    with pytest.raises(ConfigurationError, match="async-only"):
+
+        @Protect(server)("read")
+        def sync_endpoint(request: Any) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="async-only"):  # a direct call says it too
+        server.authenticate("Bearer " + LocalIssuer(ISSUER, audience=AUDIENCE).mint("read"))
+
+
+def test_a_sync_only_transport_fails_async_adapters_at_start_up() -> None:
+    from bearerguard.asgi import BearerAuthMiddleware
+    from bearerguard.fastapi import BearerAuth
+    from bearerguard.starlette import Protect
+
+    server = _server(_wsgi_only())
+    with pytest.raises(ConfigurationError, match=r"sync-only.*async_http_client"):
+        BearerAuthMiddleware(lambda s, r, se: None, server=server)  # type: ignore[arg-type,return-value]
+    with pytest.raises(ConfigurationError, match="sync-only"):
+        BearerAuth(server)
+    with pytest.raises(ConfigurationError, match="sync-only"):
+
+        @Protect(server)("read")
+        async def async_endpoint(request: Any) -> None: ...
+
+
+def test_the_matching_face_and_a_two_faced_transport_are_accepted() -> None:
+    from bearerguard.asgi import BearerAuthMiddleware
+
+    BearerAuthMiddleware(lambda s, r, se: None, server=_server(_asgi_only()))  # type: ignore[arg-type,return-value]
+    two_faced = _server(httpx.MockTransport(lambda request: httpx.Response(404)))
+    two_faced.check_face("sync")
+    two_faced.check_face("async")
+    with_client = ResourceServer(
+        "https://issuer.test/oidc",
+        "https://api.test",
+        transport=_asgi_only(),
+        http_client=httpx.Client(transport=_wsgi_only()),
+    )
+    with_client.check_face("sync")
+
+
+@pytest.mark.parametrize("bad", [object(), "http://x", httpx.Client])
+def test_a_transport_that_is_no_httpx_transport_is_refused(bad: Any) -> None:
+    with pytest.raises(ConfigurationError, match="transport"):
+        _server(bad)

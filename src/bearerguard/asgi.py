@@ -118,6 +118,7 @@ class BearerAuthMiddleware:
         public: Iterable[str] = (),
         rules: Iterable[Rule] = (),
     ) -> None:
+        server.check_face("async")
         self.app = app
         self.server = server
         self.rules = RuleSet(rules, public)

@@ -138,6 +138,7 @@ class BearerAuth(OAuth2):
         scheme_name: str = "OAuth2ClientCredentials",
         description: str | None = None,
     ) -> None:
+        server.check_face("async")  # FastAPI runs this dependency on the event loop
         flow = OAuthFlowClientCredentials(tokenUrl=token_url or "", scopes=dict(scopes or {}))
         # No I/O here (the app is being imported): the endpoint is discovered on first read.
         self._token_url = None if token_url else _TokenUrl(server, flow)

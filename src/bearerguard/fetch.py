@@ -295,6 +295,30 @@ class KeySource:
             weakref.WeakKeyDictionary()
         )
 
+    def serves(self, face: str) -> bool:
+        """Whether keys can be fetched from the ``"sync"`` or the ``"async"`` face."""
+        if self.transport is None:
+            return True
+        if face == "sync":
+            return self.http_client is not None or isinstance(self.transport, httpx.BaseTransport)
+        return self.async_http_client is not None or isinstance(
+            self.transport, httpx.AsyncBaseTransport
+        )
+
+    def check_face(self, face: str) -> None:
+        """ConfigurationError unless ``serves(face)``: e.g. an ASGI transport on the sync face."""
+        if not self.serves(face):
+            other = "async" if face == "sync" else "sync"
+            client = (
+                "http_client=httpx.Client(...)"
+                if face == "sync"
+                else ("async_http_client=httpx.AsyncClient(...)")
+            )
+            raise ConfigurationError(
+                f"the transport {type(self.transport).__name__} is {other}-only, so keys cannot "
+                f"be fetched from {face} code; pass a transport that serves both or {client}"
+            )
+
     # -- the shared, I/O-free parts ---------------------------------------------------------
 
     def _flow(self) -> Generator[httpx.Request, Fetched, FetchResult]:
@@ -376,6 +400,7 @@ class KeySource:
         key = self._decide(kid, self.clock())
         if key is not None:
             return key
+        self.check_face("sync")
         with self._lock:  # single flight across threads
             now = self.clock()
             key = self._decide(kid, now)
@@ -416,6 +441,7 @@ class KeySource:
         key = self._decide(kid, self.clock())
         if key is not None:
             return key
+        self.check_face("async")
         loop = asyncio.get_running_loop()
         lock = self._async_locks.get(loop)
         if lock is None:

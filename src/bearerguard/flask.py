@@ -157,7 +157,9 @@ class BearerGuard:
     def init_app(self, app: Flask) -> None:
         """Attach to ``app``: build (or reuse) its server, register the error handler."""
         if EXTENSION_KEY not in app.extensions:
-            app.extensions[EXTENSION_KEY] = self._server or server_from_config(app.config)
+            server = self._server or server_from_config(app.config)
+            server.check_face("sync")  # Flask verifies in its worker threads
+            app.extensions[EXTENSION_KEY] = server
             app.register_error_handler(AuthError, _handle_auth_error)
         if self.protect_all:
             app.before_request(self._protect)

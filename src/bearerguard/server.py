@@ -122,6 +122,14 @@ class ResourceServer:
         )
         if not policy.min_ttl <= policy.default_ttl <= policy.max_ttl:
             raise ConfigurationError("need jwks_min_ttl <= jwks_ttl <= jwks_max_ttl")
+        if transport is not None and not isinstance(
+            transport, (httpx.BaseTransport, httpx.AsyncBaseTransport)
+        ):
+            raise ConfigurationError("transport must be an httpx transport (sync or async)")
+        if http_client is not None and not isinstance(
+            http_client, (httpx.Client, httpx.AsyncClient)
+        ):
+            raise ConfigurationError("http_client must be an httpx.Client or httpx.AsyncClient")
         sync_client = http_client if isinstance(http_client, httpx.Client) else None
         if isinstance(http_client, httpx.AsyncClient):
             async_http_client = async_http_client or http_client
@@ -162,6 +170,13 @@ class ResourceServer:
         Pass several endpoints for a tenant reached through a custom domain too.
         """
         endpoints = _strings(endpoint, "endpoint")
+        for e in endpoints:
+            if e.rstrip("/").endswith("/oidc"):
+                raise ConfigurationError(
+                    f"ResourceServer.logto() takes the tenant endpoint (https://<tenant>.logto.app"
+                    f" or your custom domain), not the issuer: {e!r} ends in /oidc. Pass "
+                    f"{e.rstrip('/')[: -len('/oidc')]!r}, or ResourceServer({e!r}, ...)"
+                )
         kwargs.setdefault("require_typ", True)
         return cls([e.rstrip("/") + "/oidc" for e in endpoints], audience, **kwargs)
 
@@ -232,6 +247,18 @@ class ResourceServer:
         """Every scope set of a path rule's ``requirement``, as ``check_scopes``."""
         for group in requirement.groups():
             self.check_scopes(token, group.scopes, any_of=group.any_of)
+
+    def check_face(self, face: str) -> None:
+        """Raise ConfigurationError unless keys can be fetched from ``face``.
+
+        ``"sync"`` (``authenticate``, WSGI, Flask, sync endpoints) or ``"async"``
+        (``authenticate_async``, ASGI, FastAPI). Adapters call it when they are built, so a
+        transport of the wrong kind is a start-up error, not a 503 at the first request.
+        """
+        if face not in ("sync", "async"):
+            raise ValueError(f"face must be 'sync' or 'async', not {face!r}")
+        for source in self.key_sources:
+            source.check_face(face)
 
     def describe(self) -> str:
         return f"ResourceServer(issuer={list(self.issuers)!r}, audience={list(self.audiences)!r})"

@@ -73,6 +73,7 @@ class Protect:
             return token
 
         def decorate(endpoint: F) -> F:
+            server.check_face("async" if inspect.iscoroutinefunction(endpoint) else "sync")
             if inspect.iscoroutinefunction(endpoint):
 
                 @functools.wraps(endpoint)

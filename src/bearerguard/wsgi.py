@@ -62,6 +62,7 @@ class BearerAuthMiddleware:
         public: Iterable[str] = (),
         rules: Iterable[Rule] = (),
     ) -> None:
+        server.check_face("sync")
         self.app = app
         self.server = server
         self.rules = RuleSet(rules, public)
