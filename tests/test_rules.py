@@ -231,3 +231,26 @@ def test_adjacent_placeholders_need_one_character_each() -> None:
     assert rule.matches("GET", "/f/ab.json")
     assert not rule.matches("GET", "/f/a.json")
     assert not rule.matches("GET", "/f/.json")
+
+
+_rule = st.builds(
+    lambda path, methods, scope: Rule(path, methods=methods, scopes=scope),
+    st.lists(_piece, max_size=5).map(lambda p: "/" + "".join(p)),
+    st.sampled_from([None, ["GET"], ["POST"], ["GET", "DELETE"]]),
+    st.sampled_from(["a", "b", "c"]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    rules=st.lists(_rule, min_size=1, max_size=6),
+    method=st.sampled_from(["GET", "HEAD", "POST", "DELETE", "PATCH"]),
+    path=st.lists(_path_char, max_size=10).map(lambda p: "/" + "".join(p)),
+)
+def test_the_set_answers_as_the_first_matching_rule_does(
+    rules: list[Rule], method: str, path: str
+) -> None:
+    """The one-regex-per-method fast path agrees with trying the rules in order."""
+    ruleset = RuleSet(rules)
+    expected = next((r.requirement for r in rules if r.matches(method, path)), Requirement())
+    assert ruleset._first(method, path) == expected

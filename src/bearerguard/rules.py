@@ -35,6 +35,15 @@ class _Segment:
     lits: tuple[str, ...]
     mins: tuple[int, ...]
 
+    def regex(self) -> str | None:
+        """This segment as a regex that cannot backtrack badly, or None (two or more runs
+        of placeholders, such as ``{name}.{ext}``, need ``matches``)."""
+        if len(self.mins) > 1:
+            return None
+        if not self.mins:
+            return re.escape(self.lits[0])
+        return f"{re.escape(self.lits[0])}[^/]{{{self.mins[0]},}}{re.escape(self.lits[1])}"
+
     def matches(self, text: str) -> bool:
         lits, mins = self.lits, self.mins
         if not mins:
@@ -127,6 +136,7 @@ class Rule:
     any_of: bool = False
     public: bool = False
     _segments: tuple[_Segment, ...] = field(init=False, repr=False, compare=False)
+    _regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
     _prefix: bool = field(init=False, repr=False, compare=False)
     _methods: frozenset[str] | None = field(init=False, repr=False, compare=False)
     requirement: Requirement = field(init=False, repr=False, compare=False)
@@ -142,8 +152,18 @@ class Rule:
             methods |= {"HEAD"}  # HEAD is GET without a body: frameworks route it the same way
         prefix = self.path.endswith("/*")
         body = self.path[:-2] if prefix else self.path
+        segments = tuple(_segment(s) for s in body.split("/"))
+        # A regex (C speed) when every segment has one run of placeholders at most: each
+        # [^/]+ then has one place to end (before the segment's literal tail and "/"), so
+        # matching stays linear. Otherwise the segment matcher, which never backtracks.
+        pieces = [seg.regex() for seg in segments]
+        texts = [piece for piece in pieces if piece is not None]
+        regex = None
+        if len(texts) == len(pieces):
+            regex = re.compile("/".join(texts) + ("(?:/.*)?" if prefix else ""), re.S)
         set_ = object.__setattr__
-        set_(self, "_segments", tuple(_segment(s) for s in body.split("/")))
+        set_(self, "_segments", segments)
+        set_(self, "_regex", regex)
         set_(self, "_prefix", prefix)
         set_(self, "_methods", methods)
         set_(self, "requirement", Requirement(self.public, scopes, self.any_of))
@@ -152,6 +172,8 @@ class Rule:
         """Whether this rule applies to ``method`` (any case) and ``path``, as spelled."""
         if self._methods is not None and method.upper() not in self._methods:
             return False
+        if self._regex is not None:
+            return self._regex.fullmatch(path) is not None
         return self._match(path.split("/"))
 
     def _match(self, parts: list[str]) -> bool:
@@ -184,6 +206,16 @@ class RuleSet:
             r.path for r in public_rules if "{" not in r.path and not r.path.endswith("/*")
         )
         self._scoped = any(r.requirement.scopes for r in self.rules)
+        # When every rule is a regex: one alternation per method, tried in rule order, so the
+        # first alternative that matches is the first rule that matches (one C call a path).
+        self._combined: dict[str, tuple[re.Pattern[str], tuple[Requirement, ...]]] = {}
+        if all(r._regex is not None for r in self.rules):
+            named = {m for r in self.rules if r._methods is not None for m in r._methods}
+            for method in (*named, ""):  # "": any method no rule names
+                chosen = [r for r in self.rules if r._methods is None or method in r._methods]
+                alternation = "|".join(f"({r._regex.pattern})" for r in chosen if r._regex)
+                combined = re.compile(alternation or "(?!)", re.S)
+                self._combined[method] = (combined, tuple(r.requirement for r in chosen))
 
     def requirement(self, method: str, path: str) -> Requirement:
         """What a request for ``method`` and ``path`` (the path its router sees) needs."""
@@ -195,8 +227,21 @@ class RuleSet:
         return found
 
     def _first(self, method: str, path: str) -> Requirement:
-        parts = path.split("/")
+        combined = self._combined.get(method) or self._combined.get("")
+        if combined is not None:
+            found = combined[0].fullmatch(path)
+            return AUTHENTICATED if found is None else combined[1][found.lastindex - 1]  # type: ignore[operator]
+        parts: list[str] | None = None
         for rule in self.rules:
-            if (rule._methods is None or method in rule._methods) and rule._match(parts):
+            if rule._methods is not None and method not in rule._methods:
+                continue
+            regex = rule._regex
+            if regex is not None:
+                if regex.fullmatch(path) is not None:
+                    return rule.requirement
+                continue
+            if parts is None:
+                parts = path.split("/")
+            if rule._match(parts):
                 return rule.requirement
         return AUTHENTICATED
