@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import copy
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
 from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlows
 from fastapi.openapi.models import SecurityBase as SecurityBaseModel
 from fastapi.security import OAuth2, SecurityScopes
@@ -24,14 +22,8 @@ from starlette.responses import Response
 from .asgi import authorization_header
 from .errors import AuthError
 from .fetch import (
-    USER_AGENT,
-    KeySource,
-    discover,
     log,
     metadata_url,
-    run_bounded,
-    run_sync,
-    sync_client,
 )
 from .server import ResourceServer
 from .starlette import error_response
@@ -62,18 +54,6 @@ def add_exception_handler(app: Any) -> None:
     app.add_exception_handler(AuthError, _handle)
 
 
-def _fetch_metadata(source: KeySource) -> dict[str, Any]:
-    """The issuer's discovery document, fetched with the key source's client and timeout."""
-    headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
-    extensions = {"timeout": httpx.Timeout(source.timeout).as_dict()}
-    flow = discover(source.issuer, headers, extensions)
-    deadline = time.monotonic() + 2 * source.timeout
-    if source.http_client is not None:
-        return run_sync(flow, source.http_client, deadline=deadline)
-    with sync_client(source.timeout, source.transport) as client:
-        return run_sync(flow, client, deadline=deadline)
-
-
 def _discover_token_url(server: ResourceServer) -> str:
     """The first issuer's ``token_endpoint`` (OIDC discovery / RFC 8414).
 
@@ -84,12 +64,7 @@ def _discover_token_url(server: ResourceServer) -> str:
     source = server.key_sources[0]
     guess = source.issuer.rstrip("/") + "/token"
     try:
-        metadata = source.metadata
-        if metadata is None:
-            metadata = run_bounded(
-                lambda: _fetch_metadata(source), 2 * source.timeout, what="discovery"
-            )
-        return metadata_url(metadata, "token_endpoint")
+        return metadata_url(source.discover_sync(), "token_endpoint")
     except Exception as exc:  # whatever the issuer or the client did: only the docs suffer
         log.warning(
             "bearerguard: cannot discover the token endpoint of %s (%s); OpenAPI shows %s",

@@ -321,13 +321,20 @@ class KeySource:
 
     # -- the shared, I/O-free parts ---------------------------------------------------------
 
-    def _flow(self) -> Generator[httpx.Request, Fetched, FetchResult]:
+    def _options(self) -> tuple[dict[str, str], dict[str, Any]]:
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         # fetch_timeout applies per request even to an injected client that has none.
-        extensions = {"timeout": httpx.Timeout(self.timeout).as_dict()}
+        return headers, {"timeout": httpx.Timeout(self.timeout).as_dict()}
+
+    def _discovery(self) -> Generator[httpx.Request, Fetched, dict[str, Any]]:
+        metadata = yield from discover(self.issuer, *self._options())
+        self.metadata = metadata  # e.g. for the token_endpoint shown in OpenAPI docs
+        return metadata
+
+    def _flow(self) -> Generator[httpx.Request, Fetched, FetchResult]:
+        headers, extensions = self._options()
         if self.jwks_uri is None:
-            metadata = yield from discover(self.issuer, headers, extensions)
-            self.metadata = metadata  # e.g. for the token_endpoint shown in OpenAPI docs
+            metadata = yield from self._discovery()
             self.jwks_uri = metadata_url(metadata, "jwks_uri")
         jwks_headers = dict(headers)
         if self.cache.etag and self.cache.keys is not None:
@@ -424,16 +431,27 @@ class KeySource:
         """
         return run_bounded(self._run_sync, 2 * self.timeout, what="fetching keys")
 
-    def _run_sync(self) -> FetchResult:
+    def discover_sync(self) -> dict[str, Any]:
+        """The issuer's metadata: the document discovered for the keys if there was one, else
+        fetched now with this source's client, within two timeouts (FetchError otherwise)."""
+        if self.metadata is not None:
+            return self.metadata
+        flow = self._discovery()
+        return run_bounded(lambda: self._drive_sync(flow), 2 * self.timeout, what="discovery")
+
+    def _drive_sync(self, flow: Generator[httpx.Request, Fetched, T]) -> T:
         deadline = self._deadline()
         if self.http_client is not None:
-            return run_sync(self._flow(), self.http_client, deadline=deadline)
+            return run_sync(flow, self.http_client, deadline=deadline)
         try:
             client = sync_client(self.timeout, self.transport)
         except ConfigurationError as exc:  # e.g. an ASGITransport on the sync face
             raise FetchError(str(exc)) from None
         with client:
-            return run_sync(self._flow(), client, deadline=deadline)
+            return run_sync(flow, client, deadline=deadline)
+
+    def _run_sync(self) -> FetchResult:
+        return self._drive_sync(self._flow())
 
     # -- the async face -----------------------------------------------------------------------
 
