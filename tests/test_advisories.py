@@ -9,6 +9,7 @@ import asyncio
 import copy
 import json
 import pickle
+from typing import Any
 
 import pytest
 
@@ -192,3 +193,32 @@ def test_a_kid_shared_by_two_key_types_finds_the_key_for_the_tokens_algorithm() 
         keys = KeySet.from_jwks(issuer.jwks())
         assert keys.find("shared") is not None
         assert keys.find("shared").verifiers.keys() >= {"RS256", "ES256"}  # type: ignore[union-attr]
+
+
+def test_a_deeply_nested_claim_is_verified_not_a_500(issuer: LocalIssuer) -> None:
+    """As deep as the JSON decoder accepts: freezing it must not overflow the stack."""
+    depth = 900
+    nested: Any = "leaf"
+    for _ in range(depth):
+        nested = [nested]
+    server = issuer.resource_server()
+    access = both_faces(server, f"Bearer {issuer.mint('read', data={'x': nested})}")
+    node = access.claims["data"]["x"]
+    for _ in range(depth):
+        with pytest.raises(TypeError):
+            node.append(1)
+        node = node[0]
+    assert node == "leaf"
+
+
+def test_frozen_claims_cannot_be_re_initialised(issuer: LocalIssuer) -> None:
+    server = issuer.resource_server()
+    token = issuer.mint("read", org={"tier": "free"}, roles=["viewer"])
+    access = server.authenticate(f"Bearer {token}")
+    with pytest.raises(TypeError):
+        access.claims["org"].__init__(tier="gold")
+    with pytest.raises(TypeError):
+        access.claims["roles"].__init__(["admin"])
+    again = server.authenticate(f"Bearer {token}")
+    assert again.claims["org"] == {"tier": "free"}
+    assert again.claims["roles"] == ["viewer"]

@@ -254,3 +254,96 @@ def test_the_set_answers_as_the_first_matching_rule_does(
     ruleset = RuleSet(rules)
     expected = next((r.requirement for r in rules if r.matches(method, path)), Requirement())
     assert ruleset._first(method, path) == expected
+
+
+# -- found in review: targets not starting with "/", public spellings, converter syntax --------
+
+
+@pytest.mark.parametrize("path", ["admin", "admin/users", "http://x/admin", "https://x:8/admin/"])
+def test_a_target_without_a_leading_slash_needs_what_werkzeug_routes_it_as(path: str) -> None:
+    """Quart (Werkzeug routing behind ASGI) and Werkzeug's own server route ``admin`` and an
+    absolute-form ``http://x/admin`` to ``/admin``."""
+    assert needs("GET", path) == {"admin"}
+
+
+def test_below_root_path_a_rest_without_slash_needs_what_quart_routes_it_as() -> None:
+    import asyncio
+
+    issuer = LocalIssuer(audience="https://api.test")
+    reached: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    guarded = BearerAuthMiddleware(app, server=issuer.resource_server(), rules=list(RULES.rules))
+    sent: list[dict[str, Any]] = []
+
+    async def call(path: str) -> int:
+        sent.clear()
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        token = issuer.mint("read:orders")
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": path,
+            "root_path": "/api",
+            "headers": [(b"authorization", f"Bearer {token}".encode())],
+        }
+        await guarded(scope, receive, send)
+        return int(sent[0]["status"])
+
+    assert asyncio.run(call("/apiadmin")) == 403  # Quart strips "/api": "admin" -> /admin
+    assert asyncio.run(call("/api/admin")) == 403
+    assert asyncio.run(call("/api/orders")) == 200
+    assert reached == ["/api/orders"]
+
+
+def test_an_explicit_rule_for_another_spelling_makes_a_public_spelling_need_a_token() -> None:
+    """Werkzeug with strict_slashes=False sends /account to the /account/ view."""
+    rules = RuleSet([Rule("/account/"), Rule("/{slug}", public=True)])
+    assert not rules.requirement("GET", "/account").public
+    assert rules.requirement("GET", "/about").public
+    # No rule for the other spelling: a public path stays public.
+    plain = RuleSet([Rule("/orders", scopes="read")], public=["/health", "/docs/*"])
+    assert plain.requirement("GET", "/health").public
+    assert plain.requirement("GET", "/docs/index.html").public
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "matches"),
+    [
+        ("/items/{id:int}", "/items/42", True),
+        ("/items/{id:int}", "/items/abc", True),  # any segment: at least what the route covers
+        ("/items/{id:uuid}/x", "/items/u/x", True),
+        ("/files/{rest:path}", "/files/a/b.txt", True),
+        ("/files/{rest:path}", "/files", True),
+        ("/files/{rest:path}", "/filesx", False),
+    ],
+)
+def test_starlette_converters_are_understood(pattern: str, path: str, matches: bool) -> None:
+    assert Rule(pattern, scopes="s").matches("GET", path) is matches
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "/items/<int:id>",
+        "/items/<id>",
+        "/a/*/b",
+        "/a{b",
+        "/a}b",
+        "/files/{p:path}/x",
+        "/x/{id:wat}",
+    ],
+)
+def test_syntax_that_would_be_taken_literally_is_refused_at_start_up(pattern: str) -> None:
+    with pytest.raises(ValueError, match="outside a placeholder"):
+        Rule(pattern, scopes="s")

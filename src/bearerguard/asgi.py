@@ -78,6 +78,20 @@ def route_path(scope: Scope) -> str:
     return path
 
 
+def _spellings(scope: Scope) -> tuple[str, ...]:
+    """``route_path(scope)``, then the path a router that strips ``root_path`` as a plain
+    prefix (Quart) would act on when the rest does not start with "/": ``/apiadmin``
+    below ``/api`` is ``admin`` there, which Werkzeug routes as ``/admin``."""
+    routed = route_path(scope)
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        rest = path[len(root) :]
+        if rest and rest[0] != "/":
+            return routed, rest
+    return (routed,)
+
+
 def error_response_parts(exc: AuthError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, raw headers and body of the response for ``exc``."""
     body = exc.to_json().encode()
@@ -129,7 +143,7 @@ class BearerAuthMiddleware:
             await self.app(scope, receive, send)
             return
         method = scope.get("method", "GET") if kind == "http" else "GET"
-        requirement = self.rules.requirement(method, route_path(scope))
+        requirement = self.rules.requirement(method, *_spellings(scope))
         if requirement.public:
             scope["auth"] = None
             scope["user"] = ANONYMOUS  # request.user works on public paths too

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 __all__ = ["Requirement", "Rule", "RuleSet"]
 
@@ -78,15 +79,57 @@ def _segment(text: str) -> _Segment:
     return _Segment(tuple(lits), tuple(mins))
 
 
+def _toggled(path: str) -> str:
+    return path[:-1] if path.endswith("/") else path + "/"
+
+
+_CONVERTER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*):(?:str|int|float|uuid)\}")
+_TAIL_PATH = re.compile(r"/\{[A-Za-z_][A-Za-z0-9_]*:path\}$")
+
+
+def _pattern(path: str) -> tuple[str, bool]:
+    """(the pattern without a trailing ``/*``, whether it had one); ValueError for syntax we
+    would otherwise take literally and never match (Flask's ``<id>``, a ``*`` mid-path).
+
+    Starlette's converters are accepted: ``{id:int}`` is ``{id}`` (any segment, so the
+    rule covers at least what the route does) and a final ``{rest:path}`` is ``/*``.
+    """
+    prefix = path.endswith("/*")
+    body = path[:-2] if prefix else path
+    tail = _TAIL_PATH.search(body)
+    if tail is not None and not prefix:
+        body, prefix = body[: tail.start()], True
+    body = _CONVERTER.sub(r"{\1}", body)
+    leftover = _PLACEHOLDER.sub("", body)
+    bad = sorted({c for c in leftover if c in "{}<>*"})
+    if bad:
+        raise ValueError(
+            f"path pattern {path!r}: {' '.join(bad)} outside a placeholder; write a segment "
+            "as {name} (Starlette's {name:int} and a final {name:path} work too) and a "
+            "prefix as /prefix/*"
+        )
+    return body, prefix
+
+
 def _variants(path: str) -> list[str]:
-    """Other spellings of ``path`` a router may send to the same handler."""
-    merged = _SLASHES.sub("/", path) if "//" in path else path
-    out = [] if merged == path else [merged]
-    for p in (path, merged):
-        if len(p) > 1:
-            toggled = p[:-1] if p.endswith("/") else p + "/"
-            if toggled != path and toggled not in out:
-                out.append(toggled)
+    """Other spellings of ``path`` a router may send to the same handler: the trailing
+    slash toggled, doubled slashes merged (Werkzeug), and for a path not starting with "/"
+    (an absolute-form or a bare target, which Werkzeug-based routers such as Quart's
+    accept) the path they route it as."""
+    if path.startswith("/") and "//" not in path:  # the usual case
+        return [_toggled(path)] if len(path) > 1 else []
+    roots = [path]
+    if not path.startswith("/"):
+        if "://" in path:
+            roots.append(urlsplit(path).path or "/")
+        roots.append("/" + path.lstrip("/"))
+    out: list[str] = []
+    for root in roots:
+        merged = _SLASHES.sub("/", root) if "//" in root else root
+        for p in (root, merged):
+            for q in (p, _toggled(p)) if len(p) > 1 else (p,):
+                if q != path and q not in out:
+                    out.append(q)
     return out
 
 
@@ -111,10 +154,18 @@ class Requirement:
         return (own, *self.also) if self.scopes else self.also
 
     def needing(self, other: Requirement) -> Requirement:
-        """This requirement and the scopes of ``other`` as well."""
+        """This requirement and what ``other``, a rule's requirement, adds to it.
+
+        ``AUTHENTICATED`` (no rule matched) and public rules add nothing; another rule
+        turns a public requirement into its own, and adds its scopes to any other.
+        """
+        if other is AUTHENTICATED or other.public:
+            return self
+        if self.public:
+            return other
         if not other.scopes or other in self.groups():
             return self
-        if self.public or not self.scopes:
+        if not self.scopes:
             return other
         if not self.any_of and not other.any_of and not other.also:
             merged = tuple(dict.fromkeys(self.scopes + other.scopes))
@@ -150,8 +201,7 @@ class Rule:
         methods = None if self.methods is None else frozenset(m.upper() for m in self.methods)
         if methods is not None and "GET" in methods:
             methods |= {"HEAD"}  # HEAD is GET without a body: frameworks route it the same way
-        prefix = self.path.endswith("/*")
-        body = self.path[:-2] if prefix else self.path
+        body, prefix = _pattern(self.path)
         segments = tuple(_segment(s) for s in body.split("/"))
         # A regex (C speed) when every segment has one run of placeholders at most: each
         # [^/]+ then has one place to end (before the segment's literal tail and "/"), so
@@ -205,7 +255,8 @@ class RuleSet:
         self._public_exact = frozenset(
             r.path for r in public_rules if "{" not in r.path and not r.path.endswith("/*")
         )
-        self._scoped = any(r.requirement.scopes for r in self.rules)
+        # Only a rule that is not public can make another spelling need more.
+        self._strengthening = any(not r.public for r in self.rules)
         # When every rule is a regex: one alternation per method, tried in rule order, so the
         # first alternative that matches is the first rule that matches (one C call a path).
         self._combined: dict[str, tuple[re.Pattern[str], tuple[Requirement, ...]]] = {}
@@ -217,13 +268,19 @@ class RuleSet:
                 combined = re.compile(alternation or "(?!)", re.S)
                 self._combined[method] = (combined, tuple(r.requirement for r in chosen))
 
-    def requirement(self, method: str, path: str) -> Requirement:
-        """What a request for ``method`` and ``path`` (the path its router sees) needs."""
+    def requirement(self, method: str, path: str, *others: str) -> Requirement:
+        """What a request for ``method`` and ``path`` (the path its router sees) needs.
+
+        ``others`` are further spellings the adapter knows a router might act on.
+        """
         method = method.upper()
         found = PUBLIC if path in self._public_exact else self._first(method, path)
-        if self._scoped:
-            for variant in _variants(path):
-                found = found.needing(self._first(method, variant))
+        if self._strengthening:
+            for other in others:
+                found = found.needing(self._first(method, other))
+            for spelling in (path, *others):
+                for variant in _variants(spelling):
+                    found = found.needing(self._first(method, variant))
         return found
 
     def _first(self, method: str, path: str) -> Requirement:

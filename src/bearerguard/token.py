@@ -20,10 +20,14 @@ def _refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
 class FrozenDict(dict[str, Any]):
     """A JSON object inside the claims: a ``dict`` (so ``==`` and ``json.dumps`` work as
     before) that refuses every change. Verified tokens are cached and shared between
-    requests: a nested value one request changed would be seen by the next."""
+    requests: a nested value one request changed would be seen by the next.
+
+    (``dict.__setitem__(d, ...)`` and C code such as ``heapq`` on a ``FrozenList`` still get
+    through: read-only against mistakes, not against deliberate abuse.)
+    """
 
     __slots__ = ()
-    __setitem__ = __delitem__ = __ior__ = _refuse
+    __init__ = __setitem__ = __delitem__ = __ior__ = _refuse
     clear = pop = popitem = setdefault = update = _refuse
 
     def __copy__(self) -> dict[str, Any]:
@@ -37,7 +41,7 @@ class FrozenList(list[Any]):
     """A JSON array inside the claims: a ``list`` that refuses every change."""
 
     __slots__ = ()
-    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    __init__ = __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
     append = extend = insert = pop = remove = clear = sort = reverse = _refuse
 
     def __copy__(self) -> list[Any]:
@@ -47,14 +51,57 @@ class FrozenList(list[Any]):
         return (list, (list(self),))
 
 
-def freeze(value: Any) -> Any:
-    """``value`` with every JSON object and array in it made read-only."""
-    kind = type(value)
+def _frozen(kind: type, items: Any) -> Any:
+    # Built without calling __init__, which refuses: filled once, through the base class.
     if kind is dict:
-        return FrozenDict({k: freeze(v) for k, v in value.items()})
-    if kind is list:
-        return FrozenList([freeze(v) for v in value])
-    return value
+        new: Any = dict.__new__(FrozenDict)
+        dict.update(new, items)
+    else:
+        new = list.__new__(FrozenList)
+        list.extend(new, items)
+    return new
+
+
+def freeze(value: Any) -> Any:
+    """``value`` with every JSON object and array in it made read-only.
+
+    Iterative, so a deeply nested claim (the JSON decoder accepts hundreds of levels) costs
+    no recursion; a container met again while inside it (only possible in hand-built
+    claims) is left as it is.
+    """
+    kind = type(value)
+    if kind is not dict and kind is not list:
+        return value
+    flat = value.values() if kind is dict else value
+    if not any(type(c) is dict or type(c) is list for c in flat):  # the usual "aud" list
+        return _frozen(kind, value)
+    done: dict[int, Any] = {}
+    open_: set[int] = set()
+    stack: list[Any] = [value]
+    while stack:
+        node = stack[-1]
+        key = id(node)
+        children = node.values() if type(node) is dict else node
+        if key not in open_:
+            open_.add(key)
+            stack.extend(
+                c
+                for c in children
+                if (type(c) is dict or type(c) is list) and id(c) not in done and id(c) not in open_
+            )
+            continue
+        stack.pop()
+        if key in done:
+            continue
+
+        def swap(c: Any) -> Any:
+            return done.get(id(c), c) if type(c) is dict or type(c) is list else c
+
+        if type(node) is dict:
+            done[key] = _frozen(dict, {k: swap(v) for k, v in node.items()})
+        else:
+            done[key] = _frozen(list, [swap(v) for v in node])
+    return done[id(value)]
 
 
 class AccessToken:
