@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+from procs import free_port
 
 from bearerguard.cli import main
 from bearerguard.devissuer import DevIssuer, KeyStore, load_config
@@ -40,12 +41,6 @@ def line(out: str, mark: str, check: str) -> str:
     found = re.search(rf"^  {mark}  {re.escape(check)} +(.*)$", out, re.MULTILINE)
     assert found, f"no {mark} line for {check!r} in:\n{out}"
     return found.group(1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from procs import free_port
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -372,12 +373,6 @@ def test_async_token_endpoint_error(issuer: FakeIssuer, clock: Clock) -> None:
     auth = make_auth(issuer, clock, transport=issuer.async_transport())
     with pytest.raises(TokenRequestError, match="invalid_target"):
         asyncio.run(auth.aget_token())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_unreachable_token_endpoint(clock: Clock) -> None:

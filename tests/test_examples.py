@@ -14,7 +14,6 @@ import hmac
 import importlib.util
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 from jwt.algorithms import get_default_algorithms
+from procs import free_port, interpreter, stop
 
 from bearerguard.testing import LocalIssuer, SigningKey
 
@@ -46,18 +46,6 @@ PROTECTED = [
     ("DELETE", "/products/1"),
     ("GET", "/whoami"),
 ]
-
-
-def interpreter() -> str:
-    venv = ROOT / ".venv" / "bin" / "python"
-    return str(venv) if venv.exists() else sys.executable
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- importing an example fresh ------------------------------------------------------------------
@@ -623,16 +611,6 @@ def server_command(kind: str, port: int) -> list[str]:
         f"127.0.0.1:{port}",
         "main:app",
     ]
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the group this test started
-            process.wait(5)
 
 
 @contextlib.contextmanager

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from procs import free_port, interpreter, stop
 
 from bearerguard.testing import LocalIssuer
 
@@ -34,18 +33,6 @@ TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 AUDIENCE = "https://paths.api"
 READY_WITHIN = 20.0  # seconds for every server to answer its first request
-
-
-def interpreter() -> str:
-    venv = ROOT / ".venv" / "bin" / "python"
-    return str(venv) if venv.exists() else sys.executable
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def uvicorn(factory: str, port: int, *extra: str) -> list[str]:
@@ -103,16 +90,6 @@ class Running:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the session this fixture started
-            process.wait(5)
 
 
 def wait_until_answering(servers: list[Running]) -> None:

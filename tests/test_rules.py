@@ -135,45 +135,52 @@ def test_a_mounted_guard_applies_its_rules_below_the_mount_point() -> None:
     assert client.delete("/v1/orders/1", headers=write).status_code == 403
 
 
-async def _lowercase_delete(app: Any, headers: list[tuple[bytes, bytes]]) -> int:
-    sent: list[dict[str, Any]] = []
+class Guarded:
+    """The ASGI middleware with RULES in front of an app that records what reached it,
+    driven with hand-made scopes (spellings a test client would normalise away)."""
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+    def __init__(self) -> None:
+        self.issuer = LocalIssuer(audience="https://api.test")
+        self.reached: list[tuple[str, str]] = []
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            self.reached.append((scope["method"], scope["path"]))
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
 
-    scope = {
-        "type": "http",
-        "method": "delete",  # as uvicorn passes a lowercase request method on
-        "path": "/orders/1",
-        "root_path": "",
-        "headers": headers,
-        "query_string": b"",
-    }
-    await app(scope, receive, send)
-    return int(sent[0]["status"])
+        server = self.issuer.resource_server()
+        self.app = BearerAuthMiddleware(app, server=server, rules=list(RULES.rules))
+
+    def status(self, method: str, path: str, *, scopes: str, root_path: str = "") -> int:
+        import asyncio
+
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        token = self.issuer.mint(scopes)
+        scope = {
+            "type": "http",
+            "method": method,
+            "path": path,
+            "root_path": root_path,
+            "headers": [(b"authorization", f"Bearer {token}".encode())],
+            "query_string": b"",
+        }
+        asyncio.run(self.app(scope, receive, send))
+        return int(sent[0]["status"])
 
 
 def test_a_lowercase_method_meets_the_rule_for_its_uppercase_form() -> None:
-    import asyncio
-
-    issuer = LocalIssuer(audience="https://api.test")
-    reached: list[str] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        reached.append(scope["method"])
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    guarded = BearerAuthMiddleware(app, server=issuer.resource_server(), rules=list(RULES.rules))
-    token = issuer.mint("read:orders")
-    status = asyncio.run(
-        _lowercase_delete(guarded, [(b"authorization", f"Bearer {token}".encode())])
-    )
-    assert status == 403
-    assert reached == []
+    guarded = Guarded()
+    # uvicorn passes a lowercase request method on as it came
+    assert guarded.status("delete", "/orders/1", scopes="read:orders") == 403
+    assert guarded.reached == []
+    assert guarded.status("delete", "/orders/1", scopes="admin") == 200
 
 
 # -- linear time ----------------------------------------------------------------------------
@@ -267,43 +274,12 @@ def test_a_target_without_a_leading_slash_needs_what_werkzeug_routes_it_as(path:
 
 
 def test_below_root_path_a_rest_without_slash_needs_what_quart_routes_it_as() -> None:
-    import asyncio
-
-    issuer = LocalIssuer(audience="https://api.test")
-    reached: list[str] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        reached.append(scope["path"])
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    guarded = BearerAuthMiddleware(app, server=issuer.resource_server(), rules=list(RULES.rules))
-    sent: list[dict[str, Any]] = []
-
-    async def call(path: str) -> int:
-        sent.clear()
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": b""}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        token = issuer.mint("read:orders")
-        scope = {
-            "type": "http",
-            "method": "GET",
-            "path": path,
-            "root_path": "/api",
-            "headers": [(b"authorization", f"Bearer {token}".encode())],
-        }
-        await guarded(scope, receive, send)
-        return int(sent[0]["status"])
-
-    assert asyncio.run(call("/apiadmin")) == 403  # Quart strips "/api": "admin" -> /admin
-    assert asyncio.run(call("/api/admin")) == 403
-    assert asyncio.run(call("/api/orders")) == 200
-    assert reached == ["/api/orders"]
+    guarded = Guarded()
+    # Quart strips root_path "/api" as a plain prefix: "/apiadmin" -> "admin" -> /admin
+    assert guarded.status("GET", "/apiadmin", scopes="read:orders", root_path="/api") == 403
+    assert guarded.status("GET", "/api/admin", scopes="read:orders", root_path="/api") == 403
+    assert guarded.status("GET", "/api/orders", scopes="read:orders", root_path="/api") == 200
+    assert guarded.reached == [("GET", "/api/orders")]
 
 
 def test_an_explicit_rule_for_another_spelling_makes_a_public_spelling_need_a_token() -> None:
