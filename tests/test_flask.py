@@ -539,6 +539,29 @@ def test_behind_the_wsgi_middleware(server: ResourceServer, issuer: LocalIssuer)
     assert client.get("/write", headers=bearer(issuer.mint("write"))).get_data() == b"written"
 
 
+def test_a_token_the_middleware_verified_for_another_api_is_verified_again(
+    server: ResourceServer, issuer: LocalIssuer
+) -> None:
+    """The WSGI middleware guards another API (audience); the guard's server is this one."""
+    app = Flask(__name__)
+    guard = BearerGuard(app, server)
+
+    @app.get("/read")
+    @guard.require("read")
+    def read() -> str:
+        return "read"
+
+    other = issuer.resource_server("https://other.api")
+    app.wsgi_app = BearerAuthMiddleware(app.wsgi_app, other)  # type: ignore[method-assign]
+    client = app.test_client()
+    foreign = issuer.mint("read", audience="https://other.api")
+    response = client.get("/read", headers=bearer(foreign))
+    assert_error(response, 401, "invalid_token")
+    assert "audience mismatch" in response.json["error_description"]  # type: ignore[index]
+    both = issuer.mint("read", audience=["https://other.api", AUDIENCE])
+    assert client.get("/read", headers=bearer(both)).get_data() == b"read"
+
+
 # -- under a threaded server ----------------------------------------------------------------------
 
 
