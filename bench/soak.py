@@ -16,7 +16,7 @@ Before the load each app's token cache is filled (4352 distinct valid tokens), s
 baseline, taken after a short warm-up, already holds the full cache. Reported: requests and
 unexpected answers per class (must be 0; transport errors, timeouts, a 401 without
 ``error="invalid_token"`` or a JWT echoed in a 401 count as unexpected), JWKS fetches against
-what the 30 s refetch cooldown allows, the RSS of each server process (the gunicorn worker, not
+what the 5 s refetch cooldown allows, the RSS of each server process (the gunicorn worker, not
 its master) idle, at the baseline, at the end and at most, and a memory verdict: "levelled"
 when the second half of the run grew by less than ``--rss-tolerance`` or half the first half;
 "growing, within budget" when it grew by at most GROWTH_BUDGET bytes per request (passes, but
@@ -66,7 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON = str(ROOT / ".venv/bin/python") if (ROOT / ".venv/bin/python").exists() else sys.executable
 AUDIENCE = "https://shopping.api"
 READ = "read:products"
-COOLDOWN = 30.0  # ResourceServer's refetch_cooldown default (the examples keep it)
+COOLDOWN = 5.0  # ResourceServer's refetch_cooldown default (the examples keep it)
 JWKS_TTL = 600.0  # its jwks_ttl default: LocalIssuer sends no Cache-Control
 TOKEN_CACHE = 4096  # its token_cache_size default
 # RSS growth allowed per request in the second half of the run. An unbounded cache of tokens,
