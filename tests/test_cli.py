@@ -68,29 +68,106 @@ def verify_args(issuer: DevIssuer, token: str, *extra: str) -> list[str]:
 # -- token ----------------------------------------------------------------------------------------
 
 
+def token_args(issuer: DevIssuer, app: str, *scopes: str) -> list[str]:
+    args = ["token", "--issuer", issuer.issuer, "--client-id", app, "--resource", SHOP]
+    return [*args, "--scope", *scopes] if scopes else args
+
+
+def claims_of(token: str) -> dict[str, object]:
+    return dict(jwt.decode(token, options={"verify_signature": False}))
+
+
+def test_token_prints_the_bare_access_token_by_default(
+    served: DevIssuer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``TOKEN=$(bearerguard token ...)`` needs: the JWT and a newline, nothing else."""
+    monkeypatch.setenv("BEARERGUARD_CLIENT_SECRET", ADMIN[1])
+    args = token_args(served, ADMIN[0], "read:products", "write:products")
+    status, out, err = run(capsys, *args)
+    assert status == 0, err
+    assert err == ""  # every requested scope granted: no warning
+    token = out.removesuffix("\n")
+    assert re.fullmatch(r"[\w-]+\.[\w-]+\.[\w-]+", token), out
+    assert claims_of(token)["scope"] == "read:products write:products"
+
+
 @pytest.mark.usefixtures("secret_env")
-def test_token_prints_the_token_response(
+def test_token_json_prints_the_token_response(
     served: DevIssuer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, out, err = run(
-        capsys,
-        "token",
-        "--issuer",
-        served.issuer,
-        "--client-id",
-        STATS[0],
-        "--resource",
-        SHOP,
-        "--scope",
-        "read:products",
-        "write:products",
-    )
-    assert status == 0, err
+    status, out, _ = run(capsys, *token_args(served, STATS[0], "read:products"), "--json")
+    assert status == 0
     response = json.loads(out)
     assert response["token_type"] == "Bearer"
     assert response["expires_in"] == 3600
-    assert response["scope"] == "read:products"  # narrowed to the app's role
-    assert jwt.decode(response["access_token"], options={"verify_signature": False})["aud"] == SHOP
+    assert response["scope"] == "read:products"
+    assert claims_of(response["access_token"])["aud"] == SHOP
+
+
+@pytest.mark.usefixtures("secret_env")
+@pytest.mark.parametrize("as_json", [False, True])
+def test_token_warns_when_the_issuer_grants_fewer_scopes(
+    served: DevIssuer, capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    """stats-service holds only shopping-reader: write:products is dropped without an error."""
+    args = token_args(served, STATS[0], "read:products", "write:products")
+    status, out, err = run(capsys, *args, *(["--json"] if as_json else []))
+    assert status == 0  # a token was issued: the warning does not fail the command
+    token = json.loads(out)["access_token"] if as_json else out.strip()
+    assert claims_of(token)["scope"] == "read:products"  # narrowed to the app's role
+    assert err.startswith("bearerguard: warning: the issuer granted fewer scopes than requested")
+    assert "missing write:products (granted: read:products)" in err
+    assert err.count("\n") == 1
+    assert token not in err
+    assert token.split(".")[2] not in err  # not even the signature
+
+
+@pytest.mark.usefixtures("secret_env")
+def test_token_warns_when_no_requested_scope_is_granted(
+    served: DevIssuer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing granted: Logto leaves ``scope`` out of the token and of the response."""
+    status, out, err = run(capsys, *token_args(served, STATS[0], "write:products"), "--json")
+    assert status == 0
+    response = json.loads(out)
+    assert "scope" not in response
+    assert "scope" not in claims_of(response["access_token"])
+    assert "missing write:products (granted: none of them)" in err
+
+
+@pytest.mark.usefixtures("secret_env")
+@pytest.mark.parametrize(
+    ("response", "warning"),
+    [
+        # An opaque token: only the response's scope can tell.
+        ({"access_token": "opaque-token-value", "scope": "read:products"}, "write:products"),
+        # Opaque and no scope in the response: RFC 6749 5.1 reads that as "what was asked".
+        ({"access_token": "opaque-token-value"}, None),
+        # A JWT whose response lists a scope its claim lacks: the claim is what APIs enforce.
+        ({"access_token": "JWT", "scope": "read:products write:products"}, "write:products"),
+    ],
+)
+def test_token_warning_reads_the_response_and_the_claim(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    response: dict[str, str],
+    warning: str | None,
+) -> None:
+    issuer = LocalIssuer("https://tenant.logto.app/oidc", audience=SHOP)
+    if response["access_token"] == "JWT":
+        response = {**response, "access_token": issuer.mint("read:products")}
+    monkeypatch.setattr("bearerguard.cli.fetch_token", lambda **_: dict(response))
+    args = ["token", "--issuer", "https://tenant.logto.app/oidc", "--client-id", "a"]
+    status, out, err = run(
+        capsys, *args, "--resource", SHOP, "--scope", "read:products", "write:products"
+    )
+    assert status == 0
+    assert out == response["access_token"] + "\n"
+    if warning is None:
+        assert err == ""
+    else:
+        assert f"missing {warning} (granted: read:products)" in err
+        assert response["access_token"] not in err
 
 
 def test_token_with_secret_option_and_token_endpoint(
@@ -108,6 +185,7 @@ def test_token_with_secret_option_and_token_endpoint(
         ADMIN[1],
         "--resource",
         SHOP,
+        "--json",
     )
     assert status == 0
     assert "scope" not in json.loads(out)  # none asked for
@@ -485,7 +563,8 @@ def test_python_m_bearerguard_end_to_end(tmp_path: Path) -> None:
             timeout=30,
         )
         assert got.returncode == 0, got.stderr
-        token = json.loads(got.stdout)["access_token"]
+        assert got.stderr == ""  # write:products is the admin's: no scope warning
+        token = got.stdout.strip()  # the bare token, as TOKEN=$(bearerguard token ...) reads it
 
         checked = subprocess.run(
             [
@@ -520,9 +599,10 @@ def test_python_m_bearerguard_end_to_end(tmp_path: Path) -> None:
     assert "Traceback" not in errors
 
 
-def test_token_access_token_only_prints_just_the_jwt(
+def test_token_still_accepts_access_token_flag(
     served: DevIssuer, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """``--access-token`` asked for the bare token before it became the default: still works."""
     status, out, _ = run(
         capsys,
         "token",

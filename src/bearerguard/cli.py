@@ -178,11 +178,41 @@ def _token(args: argparse.Namespace) -> int:
         if exc.error == "request_failed":
             return _fail(f"cannot reach the token endpoint: {exc.description}")
         return _fail(f"token request failed: {exc}")
-    if args.access_token:
-        print(response["access_token"])
-    else:
+    if args.json:
         print(json.dumps(response, indent=2))
+    else:
+        print(response["access_token"])
+    requested, granted = _scopes(args.scope), _granted(response)
+    missing = [] if granted is None else [s for s in requested if s not in granted]
+    if missing:
+        kept = " ".join(s for s in requested if s not in missing) or "none of them"
+        print(
+            f"bearerguard: warning: the issuer granted fewer scopes than requested: missing "
+            f"{' '.join(missing)} (granted: {kept}). Issuers like Logto grant only what the "
+            "app's roles hold, without an error.",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _granted(response: dict[str, Any]) -> frozenset[str] | None:
+    """The scopes a token response grants, by its ``scope`` and the token's own ``scope`` claim.
+
+    A scope counts only if neither says otherwise: a JWT without a ``scope`` claim grants none
+    (Logto leaves the claim out when nothing was granted). None: cannot tell (an opaque token
+    and no ``scope`` in the response, which RFC 6749 5.1 reads as "what was asked").
+    """
+    granted: frozenset[str] | None = None
+    scope = response.get("scope")
+    if isinstance(scope, str):
+        granted = frozenset(scope.split())
+    try:
+        claims = parse(str(response.get("access_token", ""))).payload
+    except InvalidToken:  # opaque: only the response can tell
+        return granted
+    claim = claims.get("scope")
+    held = frozenset(claim.split()) if isinstance(claim, str) else frozenset()
+    return held if granted is None else granted & held
 
 
 # -- verify ---------------------------------------------------------------------------------------
@@ -476,10 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = commands.add_parser(
         "token",
-        help="request an access token (client credentials) and print the response",
-        description=f"Request a token with HTTP Basic client authentication. The secret comes "
-        f"from --client-secret or ${SECRET_ENV} (preferred: the command line is visible to "
-        "other local users).",
+        help="request an access token (client credentials) and print it",
+        description=f"Request a token with HTTP Basic client authentication and print the "
+        f"access token alone (TOKEN=$(bearerguard token ...)), or the whole token response "
+        f"with --json. The secret comes from --client-secret or ${SECRET_ENV} (preferred: the "
+        "command line is visible to other local users). A warning on stderr names any "
+        "requested scope the issuer did not grant.",
     )
     where = token.add_mutually_exclusive_group(required=True)
     where.add_argument("--issuer", metavar="URL", help="find the token endpoint by discovery")
@@ -489,9 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--resource", required=True, metavar="URI", help="API resource indicator")
     token.add_argument("--scope", nargs="+", action="extend", default=[], metavar="SCOPE")
     token.add_argument(
-        "--access-token",
+        "--json",
         action="store_true",
-        help="print only the access token (for TOKEN=$(bearerguard token ...))",
+        help="print the whole token response (access_token, expires_in, token_type, scope)",
+    )
+    # The bare token used to need this flag; it stays so scripts that pass it keep working.
+    token.add_argument(
+        "--access-token", dest="json", action="store_false", default=False, help=argparse.SUPPRESS
     )
     token.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
     token.set_defaults(func=_token)
