@@ -9,13 +9,24 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from starlette.authentication import BaseUser, UnauthenticatedUser
+from starlette.datastructures import URL
 
+from .claims import NO_PARAMS
 from .errors import AuthError, InvalidRequest
+from .request import RequestView
 from .rules import Rule, RuleSet
 from .server import ResourceServer
 from .token import AccessToken
 
-__all__ = ["BearerAuthMiddleware", "TokenUser", "authorization_header", "route_path"]
+__all__ = [
+    "BearerAuthMiddleware",
+    "TokenUser",
+    "authorization_header",
+    "authorization_values",
+    "request_view",
+    "route_path",
+    "store",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -48,15 +59,38 @@ class TokenUser(BaseUser):
 ANONYMOUS = UnauthenticatedUser()
 
 
+def authorization_values(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
+    """Every Authorization header value of an ASGI scope, in order."""
+    return [
+        value.decode("latin-1")
+        for name, value in headers
+        if name == b"authorization" or (len(name) == 13 and name.lower() == b"authorization")
+    ]
+
+
 def authorization_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """The one Authorization header of an ASGI scope; several are an InvalidRequest."""
-    found: str | None = None
-    for name, value in headers:
-        if name == b"authorization" or (len(name) == 13 and name.lower() == b"authorization"):
-            if found is not None:
-                raise InvalidRequest("several authorization headers")
-            found = value.decode("latin-1")
-    return found
+    values = authorization_values(headers)
+    if len(values) > 1:
+        raise InvalidRequest("several authorization headers")
+    return values[0] if values else None
+
+
+def request_view(scope: Scope) -> RequestView:
+    """What an HTTP or websocket scope carries for ``ResourceServer.authorize``."""
+    return RequestView(
+        scope.get("method", "GET") if scope["type"] == "http" else "GET",
+        authorization_values(scope["headers"]),
+        url=lambda: str(URL(scope=scope)),
+        path_params=scope.get("path_params") or NO_PARAMS,
+        upstream=scope.get("auth"),
+    )
+
+
+def store(scope: Scope, token: AccessToken | None) -> None:
+    """Put the outcome where Starlette looks: ``request.auth`` and ``request.user``."""
+    scope["auth"] = token
+    scope["user"] = ANONYMOUS if token is None else TokenUser(token)
 
 
 def route_path(scope: Scope) -> str:
@@ -116,7 +150,8 @@ async def send_error(exc: AuthError, scope: Scope, send: Send) -> None:
 
 
 class BearerAuthMiddleware:
-    """Require a valid bearer token on every HTTP and websocket request, unless public.
+    """Require a valid bearer token on every HTTP and websocket request, unless public
+    (or optional, for requests without bearer credentials: see ``Rule``).
 
     ``BearerAuthMiddleware(app, server=rs, public=["/health"], rules=[Rule(...)])``. Paths
     are matched as the app's router sees them (below ``root_path``; see ``route_path``). The
@@ -142,19 +177,12 @@ class BearerAuthMiddleware:
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
-        method = scope.get("method", "GET") if kind == "http" else "GET"
-        requirement = self.rules.requirement(method, *_spellings(scope))
-        if requirement.public:
-            scope["auth"] = None
-            scope["user"] = ANONYMOUS  # request.user works on public paths too
-            await self.app(scope, receive, send)
-            return
+        view = request_view(scope)
+        requirement = self.rules.requirement(view.method, *_spellings(scope))
         try:
-            token = await self.server.authenticate_async(authorization_header(scope["headers"]))
-            self.server.check_requirement(token, requirement)
+            token = await self.server.authorize_async(view, requirement)
         except AuthError as exc:
-            await send_error(self.server.with_realm(exc), scope, send)
+            await send_error(exc, scope, send)
             return
-        scope["auth"] = token
-        scope["user"] = TokenUser(token)
+        store(scope, token)
         await self.app(scope, receive, send)

@@ -126,7 +126,8 @@ class InvalidToken(AuthError):
 
 
 class InsufficientScope(AuthError):
-    """A valid token lacks the scopes the route requires: 403 insufficient_scope."""
+    """A valid token lacks the scopes (or fails a claim rule) the route requires: 403
+    insufficient_scope, with ``scope="..."`` naming the scopes when there are any."""
 
     status_code = 403
     error = "insufficient_scope"
@@ -149,12 +150,14 @@ class InsufficientScope(AuthError):
 
     def challenge_params(self) -> dict[str, str]:
         params = super().challenge_params()
-        params["scope"] = " ".join(self.required)
+        if self.required:  # a failed claim rule names no scope to ask for
+            params["scope"] = " ".join(self.required)
         return params
 
     def to_dict(self) -> dict[str, Any]:
         body = super().to_dict()
-        body["scope"] = " ".join(self.required)
+        if self.required:
+            body["scope"] = " ".join(self.required)
         return body
 
 

@@ -19,12 +19,14 @@ from fastapi.security import OAuth2, SecurityScopes
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from .asgi import authorization_header
+from .asgi import request_view
+from .claims import ClaimRule
 from .errors import AuthError
 from .fetch import (
     log,
     metadata_url,
 )
+from .rules import Requirement
 from .server import ResourceServer
 from .starlette import error_response
 from .token import AccessToken
@@ -126,6 +128,9 @@ class BearerAuth(OAuth2):
         )
         self.server = server
         self.require_any = False
+        self.is_optional = False
+        self.claim_rules: tuple[ClaimRule, ...] = ()
+        self._requirements: dict[tuple[str, ...], Requirement] = {}  # one per route's scopes
 
     @property
     def model(self) -> SecurityBaseModel:
@@ -141,13 +146,30 @@ class BearerAuth(OAuth2):
 
     def any_of(self) -> BearerAuth:
         """The same scheme, satisfied by any one of the route's scopes."""
+        return self._clone(require_any=True)
+
+    def optional(self) -> BearerAuth:
+        """The same scheme, giving ``None`` to a request without bearer credentials (bearer
+        credentials that are there must still be valid): ``token: AccessToken | None =
+        Security(auth.optional())``."""
+        return self._clone(is_optional=True)
+
+    def with_claims(self, *rules: ClaimRule) -> BearerAuth:
+        """The same scheme with claim rules (``bearerguard.claims``) that see the route's
+        path parameters: ``Security(auth.with_claims(claim_matches_path("organization_id",
+        "org")), scopes=[...])``."""
+        if not all(isinstance(r, ClaimRule) for r in rules):
+            raise TypeError("with_claims() takes ClaimRule objects (see bearerguard.claims)")
+        return self._clone(claim_rules=self.claim_rules + rules)
+
+    def _clone(self, **changes: Any) -> BearerAuth:
         clone = copy.copy(self)
-        clone.require_any = True
+        clone.__dict__.update(changes, _requirements={})
         return clone
 
     async def __call__(  # type: ignore[override]
         self, request: HTTPConnection, security_scopes: SecurityScopes
-    ) -> AccessToken:
+    ) -> AccessToken | None:
         # FastAPI renders unknown exceptions as 500 and HTTPException as {"detail": ...}. This
         # scope entry holds the ExceptionMiddleware's own handler table (one dict for the app,
         # read when an exception reaches it), so ours goes in on the first request, before
@@ -156,13 +178,16 @@ class BearerAuth(OAuth2):
         handlers = request.scope.get(_HANDLERS_KEY)
         if handlers and isinstance(handlers[0], dict) and AuthError not in handlers[0]:
             handlers[0][AuthError] = _handle
-        try:
-            token = self.server.reuse(request.scope.get("auth"))
-            if token is None:  # not already verified by this server (e.g. in the middleware)
-                header = authorization_header(request.scope["headers"])
-                token = await self.server.authenticate_async(header)
-            self.server.check_scopes(token, security_scopes.scopes, any_of=self.require_any)
-        except AuthError as exc:
-            raise self.server.with_realm(exc) from None
-        request.scope["auth"] = token
+        scopes = tuple(security_scopes.scopes)
+        requirement = self._requirements.get(scopes)
+        if requirement is None:
+            requirement = self._requirements[scopes] = Requirement(
+                scopes=scopes,
+                any_of=self.require_any,
+                optional=self.is_optional,
+                claims=self.claim_rules,
+            )
+        token = await self.server.authorize_async(request_view(request.scope), requirement)
+        if token is not None:
+            request.scope["auth"] = token
         return token

@@ -23,14 +23,21 @@ from typing import Any, TypeVar, cast
 
 from flask import Flask, Response, current_app, g, has_request_context, request
 
-from .bearer import single_authorization
+from .claims import NO_PARAMS, ClaimRule
 from .errors import AuthError, ConfigurationError
+from .request import RequestView
 from .rules import Requirement, Rule, RuleSet
 from .server import ResourceServer
 from .token import AccessToken
 from .wsgi import ENVIRON_KEY
 
-__all__ = ["BearerGuard", "current_token", "error_response", "server_from_config"]
+__all__ = [
+    "BearerGuard",
+    "current_token",
+    "current_token_or_none",
+    "error_response",
+    "server_from_config",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -99,6 +106,15 @@ def error_response(exc: AuthError) -> Response:
         exc.to_json(), status=exc.status_code, headers=exc.response_headers()
     )
     return response
+
+
+def current_token_or_none() -> AccessToken | None:
+    """The verified ``AccessToken`` of the current request, or None where no token was
+    needed (a public path, an optional route without bearer credentials)."""
+    if not has_request_context():
+        raise RuntimeError("current_token_or_none() needs a request context")
+    token = request.environ.get(ENVIRON_KEY)
+    return token if isinstance(token, AccessToken) else None
 
 
 def current_token() -> AccessToken:
@@ -174,20 +190,32 @@ class BearerGuard:
             raise RuntimeError("BearerGuard.init_app(app) was not called for this app")
         return server
 
-    def require(self, *scopes: str, any_of: bool = False) -> Callable[[F], F]:
+    def require(
+        self,
+        *scopes: str,
+        any_of: bool = False,
+        optional: bool = False,
+        claims: Iterable[ClaimRule] = (),
+    ) -> Callable[[F], F]:
         """A view decorator: a valid token with ``scopes`` (all, or one with ``any_of``).
 
-        ``@guard.require("a b")`` is ``@guard.require("a", "b")``. The check passes through
-        ``authorize`` and returns bearerguard's error response instead of calling the view.
+        ``@guard.require("a b")`` is ``@guard.require("a", "b")``. ``optional=True``: a
+        request without bearer credentials runs the view with no token
+        (``current_token_or_none()`` is None); ``claims=[...]``: claim rules
+        (``bearerguard.claims``), whose path parameters are the view's arguments. A denied
+        request gets bearerguard's error response instead of the view.
         """
         required = tuple(s for scope in scopes for s in scope.split())
+        requirement = Requirement(
+            scopes=required, any_of=any_of, optional=optional, claims=tuple(claims)
+        )
 
         def decorate(view: F) -> F:
             if inspect.iscoroutinefunction(view):
 
                 @functools.wraps(view)
                 async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                    denied = self.authorize(required, any_of=any_of)
+                    denied = self._authorize(requirement)
                     if denied is not None:
                         return denied
                     return await view(*args, **kwargs)
@@ -196,7 +224,7 @@ class BearerGuard:
 
             @functools.wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                denied = self.authorize(required, any_of=any_of)
+                denied = self._authorize(requirement)
                 if denied is not None:
                     return denied
                 return view(*args, **kwargs)
@@ -206,26 +234,37 @@ class BearerGuard:
         return decorate
 
     def authorize(
-        self, scopes: str | Iterable[str] = (), *, any_of: bool = False
+        self,
+        scopes: str | Iterable[str] = (),
+        *,
+        any_of: bool = False,
+        optional: bool = False,
+        claims: Iterable[ClaimRule] = (),
     ) -> Response | None:
         """Check the current request: ``None`` when it may proceed, else the error response.
 
         A token already verified for this request by the same server (``protect_all``, the
-        WSGI middleware) is reused, so only the scopes are checked again.
+        WSGI middleware) is reused, so only the scopes and claim rules are checked again.
         """
         required = tuple(scopes.split()) if isinstance(scopes, str) else tuple(scopes)
-        return self._authorize(Requirement(scopes=required, any_of=any_of))
+        requirement = Requirement(
+            scopes=required, any_of=any_of, optional=optional, claims=tuple(claims)
+        )
+        return self._authorize(requirement)
 
     def _authorize(self, requirement: Requirement) -> Response | None:
         server = self.server
+        view = RequestView(
+            request.method,
+            request.headers.getlist("Authorization"),
+            url=lambda: request.url,
+            path_params=request.view_args or NO_PARAMS,
+            upstream=request.environ.get(ENVIRON_KEY),
+        )
         try:
-            token = server.reuse(request.environ.get(ENVIRON_KEY))
-            if token is None:
-                header = single_authorization(request.headers.getlist("Authorization"))
-                token = server.authenticate(header)
-            server.check_requirement(token, requirement)
+            token = server.authorize(view, requirement)
         except AuthError as exc:
-            return error_response(server.with_realm(exc))
+            return error_response(exc)
         request.environ[ENVIRON_KEY] = token
         g.access_token = token
         return None

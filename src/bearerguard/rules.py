@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
+
+from .claims import ClaimRule
 
 __all__ = ["Requirement", "Rule", "RuleSet"]
 
@@ -145,13 +147,16 @@ class Requirement:
     scopes: tuple[str, ...] = ()
     any_of: bool = False
     also: tuple[Requirement, ...] = ()
+    optional: bool = False  # no bearer credentials: go on without a token
+    claims: tuple[ClaimRule, ...] = ()  # the route's claim rules (403 when one fails)
 
     def groups(self) -> tuple[Requirement, ...]:
-        """Every scope set to check: this one and those in ``also``."""
+        """Every scope set (with its claim rules) to check: this one and those in ``also``."""
+        own_checks = bool(self.scopes or self.claims)
         if not self.also:
-            return (self,) if self.scopes else ()
-        own = Requirement(scopes=self.scopes, any_of=self.any_of)
-        return (own, *self.also) if self.scopes else self.also
+            return (self,) if own_checks else ()
+        own = Requirement(scopes=self.scopes, any_of=self.any_of, claims=self.claims)
+        return (own, *self.also) if own_checks else self.also
 
     def needing(self, other: Requirement) -> Requirement:
         """This requirement and what ``other``, a rule's requirement, adds to it.
@@ -163,21 +168,27 @@ class Requirement:
             return self
         if self.public:
             return other
-        if not other.scopes or other in self.groups():
+        if not (other.scopes or other.claims) or other in self.groups():
             return self
-        if not self.scopes:
-            return other
-        if not self.any_of and not other.any_of and not other.also:
+        if self.optional and not other.optional:
+            return other.needing(replace(self, optional=False))
+        if not (self.scopes or self.claims):
+            return replace(other, optional=self.optional and other.optional)
+        simple = not (self.any_of or other.any_of or other.also or self.claims or other.claims)
+        if simple:
             merged = tuple(dict.fromkeys(self.scopes + other.scopes))
-            return Requirement(scopes=merged, also=self.also)
-        return Requirement(scopes=self.scopes, any_of=self.any_of, also=(*self.also, other))
+            return replace(self, scopes=merged)
+        return replace(self, also=(*self.also, replace(other, optional=False, also=())))
 
 
 @dataclass(frozen=True)
 class Rule:
     """``Rule("/products/{id}", methods=["DELETE"], scopes=["write:products"])``.
 
-    ``public=True`` makes matching requests skip authentication entirely. Methods are
+    ``public=True`` makes matching requests skip authentication entirely; ``optional=True``
+    lets requests without bearer credentials through with no token (credentials that are
+    there must still be valid); ``claims=[...]`` adds claim rules (``bearerguard.claims``,
+    token-only there: path parameters are the route's, see the decorators). Methods are
     compared case-insensitively; a rule for GET covers HEAD too.
     """
 
@@ -186,6 +197,8 @@ class Rule:
     scopes: str | Sequence[str] = ()
     any_of: bool = False
     public: bool = False
+    optional: bool = False
+    claims: Sequence[ClaimRule] = ()
     _segments: tuple[_Segment, ...] = field(init=False, repr=False, compare=False)
     _regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
     _prefix: bool = field(init=False, repr=False, compare=False)
@@ -196,8 +209,11 @@ class Rule:
         if not isinstance(self.path, str) or not self.path.startswith("/"):
             raise ValueError(f"path pattern must start with '/': {self.path!r}")
         scopes = tuple(self.scopes.split()) if isinstance(self.scopes, str) else tuple(self.scopes)
-        if self.public and scopes:
-            raise ValueError("a public rule cannot require scopes")
+        claims = tuple(self.claims)
+        if self.public and (scopes or claims or self.optional):
+            raise ValueError("a public rule cannot require scopes or claims, nor be optional")
+        if not all(isinstance(c, ClaimRule) for c in claims):
+            raise TypeError("claims= takes ClaimRule objects (see bearerguard.claims)")
         methods = None if self.methods is None else frozenset(m.upper() for m in self.methods)
         if methods is not None and "GET" in methods:
             methods |= {"HEAD"}  # HEAD is GET without a body: frameworks route it the same way
@@ -216,7 +232,10 @@ class Rule:
         set_(self, "_regex", regex)
         set_(self, "_prefix", prefix)
         set_(self, "_methods", methods)
-        set_(self, "requirement", Requirement(self.public, scopes, self.any_of))
+        requirement = Requirement(
+            self.public, scopes, self.any_of, optional=self.optional, claims=claims
+        )
+        set_(self, "requirement", requirement)
 
     def matches(self, method: str, path: str) -> bool:
         """Whether this rule applies to ``method`` (any case) and ``path``, as spelled."""

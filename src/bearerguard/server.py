@@ -10,10 +10,11 @@ from typing import Any
 import httpx
 
 from .bearer import credentials, undecodable
+from .claims import ClaimRule
 from .errors import AuthError, ConfigurationError, InsufficientScope, InvalidToken
 from .fetch import KeySource, Transport, check_url
 from .keys import CachePolicy, KeyCache, VerificationKey
-from .rules import Requirement
+from .request import AUTHENTICATED, Anonymous, RequestView, Requirement, begin, settle
 from .token import AccessToken
 from .verify import (
     DEFAULT_ALGORITHMS,
@@ -30,6 +31,30 @@ from .verify import (
 )
 
 __all__ = ["ResourceServer"]
+
+
+class _Pending:
+    """A token ``_start`` could not decide: what ``_finish`` needs, and whose key to ask."""
+
+    __slots__ = ("alg", "cache_key", "kid", "payload", "signature", "signing_input", "source")
+
+    def __init__(
+        self,
+        cache_key: str | None,
+        payload: dict[str, Any],
+        signing_input: bytes,
+        signature: bytes,
+        alg: str,
+        kid: str | None,
+        source: KeySource,
+    ) -> None:
+        self.cache_key = cache_key
+        self.payload = payload
+        self.signing_input = signing_input
+        self.signature = signature
+        self.alg = alg
+        self.kid = kid
+        self.source = source
 
 
 def _strings(value: str | Iterable[str], what: str) -> tuple[str, ...]:
@@ -66,6 +91,7 @@ class ResourceServer:
         require_typ: bool = False,
         scope_claims: str | Sequence[str] = ("scope",),
         required_claims: Sequence[str] = (),
+        claim_rules: Sequence[ClaimRule] = (),
         realm: str | None = None,
         max_token_length: int = 8192,
         token_cache_size: int = 4096,
@@ -104,6 +130,9 @@ class ResourceServer:
             scope_claims=_strings(scope_claims, "scope_claims"),
             required_claims=tuple(dict.fromkeys(required)),
         )
+        self.claim_rules = tuple(claim_rules)
+        if not all(isinstance(r, ClaimRule) for r in self.claim_rules):
+            raise ConfigurationError("claim_rules takes ClaimRule objects (see bearerguard.claims)")
         self.issuers = issuers
         self.audiences = _strings(audience, "audience")
         self.realm = realm if realm is not None else self.audiences[0]
@@ -192,9 +221,10 @@ class ResourceServer:
             if hit is not None:
                 return hit
         try:
-            return self._verify(
-                credentials(authorization, max_length=self.max_token_length), authorization
-            )
+            step = self._start(self._credentials(authorization), authorization)
+            if isinstance(step, _Pending):
+                step = self._complete(step, step.source.get_key(step.kid))
+            return step
         except AuthError as exc:
             raise self.with_realm(exc) from None
 
@@ -205,22 +235,61 @@ class ResourceServer:
             if hit is not None:
                 return hit
         try:
-            token = credentials(authorization, max_length=self.max_token_length)
-            cache_key, hit = self._lookup(token, authorization)
-            if hit is not None:
-                return hit
-            payload, signing_input, signature, alg, kid, iss = self._prepare(token)
-            key = await self._sources[iss].get_key_async(kid)
-            return self._finish(cache_key, payload, signing_input, signature, alg, key)
+            step = self._start(self._credentials(authorization), authorization)
+            if isinstance(step, _Pending):
+                step = self._complete(step, await step.source.get_key_async(step.kid))
+            return step
         except AuthError as exc:
             raise self.with_realm(exc) from None
 
     def verify_token(self, token: str) -> AccessToken:
         """Verify a raw token (no ``Bearer`` prefix), e.g. from a websocket subprotocol."""
         try:
-            if len(token) > self.max_token_length:
-                raise InvalidToken("token too large")
-            return self._verify(token)
+            step = self._start(self._raw(token), None)
+            if isinstance(step, _Pending):
+                step = self._complete(step, step.source.get_key(step.kid))
+            return step
+        except AuthError as exc:
+            raise self.with_realm(exc) from None
+
+    async def verify_token_async(self, token: str) -> AccessToken:
+        """The async twin of ``verify_token``."""
+        try:
+            step = self._start(self._raw(token), None)
+            if isinstance(step, _Pending):
+                step = self._complete(step, await step.source.get_key_async(step.kid))
+            return step
+        except AuthError as exc:
+            raise self.with_realm(exc) from None
+
+    def authorize(
+        self, view: RequestView, requirement: Requirement = AUTHENTICATED
+    ) -> AccessToken | None:
+        """The whole step for one request (see ``request.py``): the token to store, or None
+        (a public route, or an optional one without bearer credentials); else an AuthError
+        carrying every challenge parameter."""
+        try:
+            found = begin(self, view, requirement)
+            if isinstance(found, Anonymous):
+                return None
+            token = found if isinstance(found, AccessToken) else self.authenticate(found)
+            return settle(token, view, requirement)
+        except AuthError as exc:
+            raise self.with_realm(exc) from None
+
+    async def authorize_async(
+        self, view: RequestView, requirement: Requirement = AUTHENTICATED
+    ) -> AccessToken | None:
+        """The async twin of ``authorize``."""
+        try:
+            found = begin(self, view, requirement)
+            if isinstance(found, Anonymous):
+                return None
+            if isinstance(found, AccessToken):
+                token = found
+            else:
+                token = await self.authenticate_async(found)
+            return settle(token, view, requirement)
         except AuthError as exc:
             raise self.with_realm(exc) from None
 
@@ -242,11 +311,6 @@ class ResourceServer:
         required = tuple(scopes.split()) if isinstance(scopes, str) else tuple(scopes)
         if not token.has_scopes(*required, any_of=any_of):
             raise InsufficientScope(required, any_of=any_of, realm=self.realm)
-
-    def check_requirement(self, token: AccessToken, requirement: Requirement) -> None:
-        """Every scope set of a path rule's ``requirement``, as ``check_scopes``."""
-        for group in requirement.groups():
-            self.check_scopes(token, group.scopes, any_of=group.any_of)
 
     def check_face(self, face: str) -> None:
         """Raise ConfigurationError unless keys can be fetched from ``face``.
@@ -273,13 +337,26 @@ class ResourceServer:
             exc.realm = self.realm
         return exc
 
-    def _verify(self, token: str, header: str | None = None) -> AccessToken:
+    def _credentials(self, authorization: str | None) -> str:
+        return credentials(authorization, max_length=self.max_token_length)
+
+    def _raw(self, token: str) -> str:
+        if len(token) > self.max_token_length:
+            raise InvalidToken("token too large")
+        return token
+
+    def _start(self, token: str, header: str | None) -> AccessToken | _Pending:
+        """A cached answer, or everything verification needs but the key."""
         cache_key, hit = self._lookup(token, header)
         if hit is not None:
             return hit
         payload, signing_input, signature, alg, kid, iss = self._prepare(token)
-        key = self._sources[iss].get_key(kid)
-        return self._finish(cache_key, payload, signing_input, signature, alg, key)
+        return _Pending(cache_key, payload, signing_input, signature, alg, kid, self._sources[iss])
+
+    def _complete(self, step: _Pending, key: VerificationKey) -> AccessToken:
+        return self._finish(
+            step.cache_key, step.payload, step.signing_input, step.signature, step.alg, key
+        )
 
     def _lookup(self, token: str, header: str | None) -> tuple[str | None, AccessToken | None]:
         """(the cache key for ``token``, its cached answer); the key is None with the cache off.
@@ -354,6 +431,9 @@ class ResourceServer:
         check_signature(signature, signing_input, alg, key)
         now = self._clock()
         access = check_claims(payload, self.options, now, server=self)
+        for rule in self.claim_rules:  # before caching: a token failing one is never cached
+            if not rule.holds(access):
+                raise InvalidToken(f"token fails a claim rule of this API: {rule.description}")
         if cache_key is not None:
             self._remember(cache_key, access, now)
         return access

@@ -14,15 +14,23 @@ from __future__ import annotations
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
+from wsgiref.util import request_uri
 
 from .errors import AuthError
+from .request import RequestView
 from .rules import Rule, RuleSet
 from .server import ResourceServer
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["ENVIRON_KEY", "BearerAuthMiddleware", "error_response_parts", "request_path"]
+__all__ = [
+    "ENVIRON_KEY",
+    "BearerAuthMiddleware",
+    "error_response_parts",
+    "request_path",
+    "request_view",
+]
 
 #: Where the verified ``AccessToken`` goes in the WSGI environ (``None`` on public paths).
 ENVIRON_KEY = "bearerguard.token"
@@ -35,6 +43,17 @@ def request_path(environ: WSGIEnvironment) -> str:
         return raw.encode("latin-1").decode("utf-8", "replace")
     except UnicodeEncodeError:  # a server that already decoded it
         return raw
+
+
+def request_view(environ: WSGIEnvironment) -> RequestView:
+    """What a WSGI request carries for ``ResourceServer.authorize``."""
+    header = environ.get("HTTP_AUTHORIZATION")
+    return RequestView(
+        str(environ.get("REQUEST_METHOD", "GET")).upper(),
+        [] if header is None else [header],
+        url=lambda: request_uri(environ),
+        upstream=environ.get(ENVIRON_KEY),
+    )
 
 
 def error_response_parts(exc: AuthError) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -68,17 +87,13 @@ class BearerAuthMiddleware:
         self.rules = RuleSet(rules, public)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
-        requirement = self.rules.requirement(method, request_path(environ))
-        if requirement.public:
-            environ[ENVIRON_KEY] = None
-            return self.app(environ, start_response)
+        view = request_view(environ)
+        requirement = self.rules.requirement(view.method, request_path(environ))
         try:
             # One header at most: several arrive joined with commas and fail token68 parsing.
-            token = self.server.authenticate(environ.get("HTTP_AUTHORIZATION"))
-            self.server.check_requirement(token, requirement)
+            token = self.server.authorize(view, requirement)
         except AuthError as exc:
-            status, headers, body = error_response_parts(self.server.with_realm(exc))
+            status, headers, body = error_response_parts(exc)
             start_response(status, headers)
             return [body]
         environ[ENVIRON_KEY] = token

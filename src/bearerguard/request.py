@@ -1,0 +1,118 @@
+"""The one authorization step under every adapter.
+
+An adapter extracts what the request carries into a ``RequestView`` and calls
+``ResourceServer.authorize(view, requirement)`` (or ``authorize_async``); it gets the
+``AccessToken`` to store (``None`` on a public route, or on an optional one without bearer
+credentials), or an ``AuthError`` carrying every challenge parameter, ready to render.
+
+The step is written once, as the functions here, with no I/O: ``begin`` decides what it can
+without keys (public, a token verified upstream by the same server, no credentials), the
+face verifies the header (the only place that may fetch keys), and ``settle`` checks the
+route's scopes and claim rules. The sync and async faces in ``server.py`` are the same three
+calls, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .claims import NO_PARAMS
+from .errors import InsufficientScope, InvalidRequest
+from .rules import AUTHENTICATED, Requirement
+from .token import AccessToken
+
+if TYPE_CHECKING:
+    from .server import ResourceServer
+
+__all__ = [
+    "ANONYMOUS",
+    "AUTHENTICATED",
+    "Anonymous",
+    "RequestView",
+    "Requirement",
+    "begin",
+    "settle",
+]
+
+
+class RequestView:
+    """What a request carries that authorization looks at.
+
+    ``authorization``: every ``Authorization`` header value, as received (several are a
+    400). ``upstream``: whatever an earlier guard stored on the request (``scope["auth"]``,
+    the WSGI environ), reused only if this server verified it. ``path_params``: the route's
+    parameters, for claim rules. ``url``: the request URL, a string or a function computing
+    it (adapters pass a function: most requests never need it).
+    """
+
+    __slots__ = ("_url", "authorization", "method", "path_params", "upstream")
+
+    def __init__(
+        self,
+        method: str,
+        authorization: Sequence[str],
+        *,
+        url: str | Callable[[], str] = "",
+        path_params: Mapping[str, Any] = NO_PARAMS,
+        upstream: object = None,
+    ) -> None:
+        self.method = method
+        self.authorization = authorization
+        self._url = url
+        self.path_params = path_params
+        self.upstream = upstream
+
+    @property
+    def url(self) -> str:
+        url = self._url
+        if not isinstance(url, str):
+            url = self._url = url()
+        return url
+
+    def __repr__(self) -> str:  # never the credentials
+        return f"RequestView({self.method!r}, {len(self.authorization)} authorization value(s))"
+
+
+class Anonymous:
+    """``begin``'s answer for a request that goes on without a token."""
+
+
+ANONYMOUS = Anonymous()
+
+
+def begin(
+    server: ResourceServer, view: RequestView, requirement: Requirement
+) -> AccessToken | Anonymous | str | None:
+    """Everything decided before verification: ANONYMOUS, a reusable token, or the header
+    value to verify (``None``: there is none, which verification answers 401)."""
+    if requirement.public:
+        return ANONYMOUS
+    token = server.reuse(view.upstream)
+    if token is not None:
+        return token
+    values = view.authorization
+    if len(values) > 1:
+        raise InvalidRequest("several authorization headers")
+    header = values[0] if values else None
+    if requirement.optional and not _bearer(header):
+        return ANONYMOUS  # no bearer credentials (none, or another scheme, e.g. an API key)
+    return header
+
+
+def _bearer(header: str | None) -> bool:
+    if header is None:
+        return False
+    scheme = header.lstrip(" \t").partition(" ")[0]
+    return scheme.lower() == "bearer"
+
+
+def settle(token: AccessToken, view: RequestView, requirement: Requirement) -> AccessToken:
+    """The route's scopes (all, or one with ``any_of``) and claim rules, group by group."""
+    for group in requirement.groups():
+        if group.scopes and not token.has_scopes(*group.scopes, any_of=group.any_of):
+            raise InsufficientScope(group.scopes, any_of=group.any_of)
+        for rule in group.claims:
+            if not rule.holds(token, view.path_params):
+                raise InsufficientScope(description=f"token fails a claim rule: {rule.description}")
+    return token
