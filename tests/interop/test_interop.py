@@ -499,6 +499,7 @@ def test_cli_token_and_verify(issuer: Any, python_exe: str) -> None:
 
     fetched = bearerguard(
         "token",
+        "--json",
         *("--issuer", issuer.issuer, "--client-id", issuer.reader.client_id),
         *("--resource", RESOURCE, "--scope", *SCOPES.split()),
         BEARERGUARD_CLIENT_SECRET=issuer.reader.client_secret,
@@ -506,6 +507,9 @@ def test_cli_token_and_verify(issuer: Any, python_exe: str) -> None:
     assert fetched.returncode == 0, fetched.stderr
     response = json.loads(fetched.stdout)
     assert response["scope"] == "read:products"
+    # The reader asked for more than it may have: the CLI says so on stderr.
+    assert "write:products" in fetched.stderr
+    assert response["access_token"] not in fetched.stderr
     token = response["access_token"]
 
     where = ("--issuer", issuer.issuer)
