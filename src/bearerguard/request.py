@@ -109,7 +109,7 @@ def _bearer(header: str | None) -> bool:
 
 def settle(token: AccessToken, view: RequestView, requirement: Requirement) -> AccessToken:
     """The route's scopes (all, or one with ``any_of``) and claim rules, group by group."""
-    for group in requirement.groups():
+    for group in requirement._groups:
         if group.scopes and not token.has_scopes(*group.scopes, any_of=group.any_of):
             raise InsufficientScope(group.scopes, any_of=group.any_of)
         for rule in group.claims:

@@ -149,14 +149,21 @@ class Requirement:
     also: tuple[Requirement, ...] = ()
     optional: bool = False  # no bearer credentials: go on without a token
     claims: tuple[ClaimRule, ...] = ()  # the route's claim rules (403 when one fails)
+    _groups: tuple[Requirement, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Worked out once: settle() reads it on every request.
+        own_checks = bool(self.scopes or self.claims)
+        if not self.also:
+            groups: tuple[Requirement, ...] = (self,) if own_checks else ()
+        else:
+            own = Requirement(scopes=self.scopes, any_of=self.any_of, claims=self.claims)
+            groups = (own, *self.also) if own_checks else self.also
+        object.__setattr__(self, "_groups", groups)
 
     def groups(self) -> tuple[Requirement, ...]:
         """Every scope set (with its claim rules) to check: this one and those in ``also``."""
-        own_checks = bool(self.scopes or self.claims)
-        if not self.also:
-            return (self,) if own_checks else ()
-        own = Requirement(scopes=self.scopes, any_of=self.any_of, claims=self.claims)
-        return (own, *self.also) if own_checks else self.also
+        return self._groups
 
     def needing(self, other: Requirement) -> Requirement:
         """This requirement and what ``other``, a rule's requirement, adds to it.
