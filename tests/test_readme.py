@@ -32,6 +32,18 @@ def test_core_example_prints_the_insufficient_scope_body(
     assert '"error": "insufficient_scope"' in capsys.readouterr().out
 
 
+def test_logto_example_refuses_the_issuer_form_and_an_opaque_token(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Both ``except`` branches of the Logto set-up example run: neither call may succeed."""
+    (code,) = [b for b in EXAMPLES if "G-HMSESWae8UFLUliq7KsLe5c2mGLyp6E8r3IKCaNis" in b]
+    exec(compile(code, str(README), "exec"), {"__name__": "readme_example"})  # noqa: S102
+    out = capsys.readouterr().out
+    assert "takes the tenant endpoint" in out
+    assert "not the issuer" in out
+    assert '"error": "invalid_token"' in out
+
+
 def test_pytest_plugin_example_passes(tmp_path: Path) -> None:
     """The user's test in the README passes under pytest, with the plugin found by entry point."""
     (tmp_path / "test_user_api.py").write_text(TESTS[0], encoding="utf-8")
