@@ -222,3 +222,11 @@ def test_frozen_claims_cannot_be_re_initialised(issuer: LocalIssuer) -> None:
     again = server.authenticate(f"Bearer {token}")
     assert again.claims["org"] == {"tier": "free"}
     assert again.claims["roles"] == ["viewer"]
+
+
+def test_an_opaque_token_is_401_saying_it_is_not_a_jwt(issuer: LocalIssuer) -> None:
+    """What Logto hands out for a token request without a resource indicator."""
+    server = issuer.resource_server()
+    with pytest.raises(InvalidToken, match="not a JWT") as info:
+        server.authenticate("Bearer G-HMSESWae8UFLUliq7KsLe5c2mGLyp6E8r3IKCaNis")
+    assert "resource indicator" in info.value.description

@@ -186,7 +186,11 @@ def split(token: str) -> tuple[str, str, str]:
     if not token.isascii() or "+" in token or "/" in token or "=" in token:
         raise InvalidToken("token is not valid base64url")
     # partition finds each "." with a fast search; split(".") steps through every character.
-    header, _, rest = token.partition(".")
+    header, dot1, rest = token.partition(".")
+    if not dot1:
+        # Logto (and most issuers) hand out an opaque token when none was asked for a
+        # resource: say so, the usual first-day mistake.
+        raise InvalidToken("token is not a JWT (opaque); request it with a resource indicator")
     payload, dot2, signature = rest.partition(".")
     if not dot2 or "." in signature:
         raise InvalidToken("token must have three segments")
