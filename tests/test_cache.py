@@ -17,6 +17,8 @@ import pytest
 
 import bearerguard.server
 from bearerguard import AccessToken, InvalidToken, IssuerUnavailable, ResourceServer
+from bearerguard.keys import CachePolicy, KeyCache, KeySet
+from bearerguard.signing import SigningKey
 
 if TYPE_CHECKING:
     from conftest import FakeClock, StubIssuer
@@ -801,3 +803,158 @@ def test_the_token_cache_is_bounded(stub_issuer: StubIssuer, signature_checks: l
     checks = len(signature_checks)
     server.authenticate(bearer(tokens[0]))  # long gone
     assert len(signature_checks) == checks + 1
+
+
+# -- KeyCache alone: the whole policy as plain state, on a fake clock (no I/O) -------------------
+
+
+@pytest.fixture(scope="module")
+def two_keys() -> KeySet:
+    return KeySet.from_jwks({"keys": [SigningKey.generate("ES256").jwk for _ in range(2)]})
+
+
+def fetched_cache(keys: KeySet, now: float, **policy: float) -> KeyCache:
+    """A KeyCache that has just fetched ``keys`` (no Cache-Control: ``default_ttl``)."""
+    cache = KeyCache(CachePolicy(**policy))
+    cache.started(None, now)
+    cache.succeeded(keys, None, None, now)
+    return cache
+
+
+def test_key_cache_lookup_answers_fresh_keys_and_asks_for_a_fetch_when_they_expire(
+    fake_clock: FakeClock, two_keys: KeySet
+) -> None:
+    kid = two_keys.keys[0].kid
+    cache = KeyCache(CachePolicy(default_ttl=600))
+    assert cache.lookup(kid, fake_clock.now) is None  # cold: fetch now
+    cache.started(kid, fake_clock.now)
+    cache.succeeded(two_keys, None, None, fake_clock.now)
+    assert cache.after_fetch(kid, fake_clock.now, fetched=True) is two_keys.find(kid)
+    fake_clock.advance(599)
+    assert cache.lookup(kid, fake_clock.now) is two_keys.find(kid)
+    fake_clock.advance(1)
+    assert cache.lookup(kid, fake_clock.now) is None  # stale: the routine refresh is due
+    assert cache.fetches == 1
+
+
+def test_key_cache_an_unknown_kid_fetches_once_then_is_invalid_within_the_cooldown(
+    fake_clock: FakeClock, two_keys: KeySet
+) -> None:
+    cache = fetched_cache(two_keys, fake_clock.now, cooldown=5)
+    fake_clock.advance(1)
+    assert cache.lookup("new-kid", fake_clock.now) is None  # it may have been rotated in
+    cache.started("new-kid", fake_clock.now)
+    cache.succeeded(two_keys, None, None, fake_clock.now)
+    with pytest.raises(InvalidToken, match="unknown signing key"):
+        cache.after_fetch("new-kid", fake_clock.now, fetched=True)
+    fake_clock.advance(4.5)
+    with pytest.raises(InvalidToken, match="unknown signing key"):
+        cache.lookup("another-kid", fake_clock.now)  # inside the cooldown: no fetch
+    assert cache.lookup(two_keys.keys[1].kid, fake_clock.now) is two_keys.keys[1]
+    fake_clock.advance(0.5)
+    assert cache.lookup("another-kid", fake_clock.now) is None
+
+
+def test_key_cache_a_token_without_a_kid_needs_a_single_key(
+    fake_clock: FakeClock, two_keys: KeySet
+) -> None:
+    one = KeySet(two_keys.keys[:1])
+    assert fetched_cache(one, fake_clock.now).lookup(None, fake_clock.now) is one.keys[0]
+    cache = fetched_cache(two_keys, fake_clock.now)
+    assert cache.lookup(None, fake_clock.now) is None  # perhaps the JWKS is down to one key
+    cache.started(None, fake_clock.now)
+    cache.succeeded(two_keys, None, None, fake_clock.now)
+    with pytest.raises(InvalidToken, match="token has no kid"):
+        cache.after_fetch(None, fake_clock.now, fetched=True)
+    with pytest.raises(InvalidToken, match="token has no kid"):
+        cache.lookup(None, fake_clock.now)
+
+
+def test_key_cache_keys_just_fetched_answer_even_with_a_zero_ttl(
+    fake_clock: FakeClock, two_keys: KeySet
+) -> None:
+    kid = two_keys.keys[0].kid
+    cache = KeyCache(CachePolicy(min_ttl=0, max_stale=0))
+    cache.started(kid, fake_clock.now)
+    cache.succeeded(two_keys, 0.0, None, fake_clock.now)  # Cache-Control: no-cache
+    assert cache.after_fetch(kid, fake_clock.now, fetched=True) is two_keys.find(kid)
+    assert cache.lookup(kid, fake_clock.now) is None  # the next request asks again
+    cache.started(kid, fake_clock.now)
+    cache.failed("down", fake_clock.now)  # and nothing may answer once that fails
+    with pytest.raises(IssuerUnavailable):
+        cache.after_fetch(kid, fake_clock.now, fetched=False)
+
+
+def test_key_cache_a_failed_refresh_keeps_stale_keys_until_max_stale(
+    fake_clock: FakeClock, two_keys: KeySet
+) -> None:
+    kid = two_keys.keys[0].kid
+    key = two_keys.find(kid)
+    start = fake_clock.now
+    cache = fetched_cache(two_keys, start, default_ttl=600, max_stale=1000, refresh_retry=30)
+    fake_clock.advance(600)
+    assert cache.lookup(kid, fake_clock.now) is None
+    cache.started(kid, fake_clock.now)
+    cache.failed("down", fake_clock.now)
+    assert cache.after_fetch(kid, fake_clock.now, fetched=False) is key  # stale, still usable
+    fake_clock.advance(29)
+    assert cache.lookup(kid, fake_clock.now) is key  # no fetch before refresh_retry
+    fake_clock.advance(1)
+    assert cache.lookup(kid, fake_clock.now) is None
+    fake_clock.now = start + 600 + 1000  # too stale now
+    assert cache.lookup(kid, fake_clock.now) is None
+    cache.started(kid, fake_clock.now)
+    cache.failed("down", fake_clock.now)
+    assert cache.keys is None
+    with pytest.raises(IssuerUnavailable) as info:
+        cache.after_fetch(kid, fake_clock.now, fetched=False)
+    assert info.value.retry_after == 2  # the second failure in a row: 2 s of outage backoff
+    fake_clock.advance(1)
+    with pytest.raises(IssuerUnavailable):
+        cache.lookup(kid, fake_clock.now)  # within the backoff: no fetch
+    fake_clock.advance(1)
+    assert cache.lookup(kid, fake_clock.now) is None
+
+
+def test_key_cache_cold_and_down_is_unavailable_until_the_backoff_passes(
+    fake_clock: FakeClock,
+) -> None:
+    cache = KeyCache(CachePolicy())
+    assert cache.lookup("kid", fake_clock.now) is None
+    cache.started("kid", fake_clock.now)
+    cache.failed("down", fake_clock.now)
+    with pytest.raises(IssuerUnavailable) as info:
+        cache.after_fetch("kid", fake_clock.now, fetched=False)
+    assert info.value.retry_after == 1
+    fake_clock.advance(0.5)
+    with pytest.raises(IssuerUnavailable):
+        cache.lookup("kid", fake_clock.now)
+    fake_clock.advance(0.5)
+    assert cache.lookup("kid", fake_clock.now) is None
+
+
+@pytest.mark.parametrize("routine", [True, False])
+def test_key_cache_a_routine_fetch_does_not_start_the_cooldown(
+    fake_clock: FakeClock, two_keys: KeySet, routine: bool
+) -> None:
+    cache = fetched_cache(two_keys, fake_clock.now)
+    fake_clock.advance(1)
+    cache.started(None, fake_clock.now, routine=routine)  # None: no kid these keys hold
+    cache.succeeded(two_keys, None, None, fake_clock.now)
+    fake_clock.advance(1)
+    if routine:
+        assert cache.lookup("rotated-in", fake_clock.now) is None
+    else:
+        with pytest.raises(InvalidToken):
+            cache.lookup("rotated-in", fake_clock.now)
+
+
+def test_key_cache_usable_stale_is_fresh_or_within_max_stale(
+    fake_clock: FakeClock, two_keys: KeySet
+) -> None:
+    assert not KeyCache(CachePolicy()).usable_stale(fake_clock.now)
+    start = fake_clock.now
+    cache = fetched_cache(two_keys, start, default_ttl=600, max_stale=1000)
+    assert cache.usable_stale(start)
+    assert cache.usable_stale(start + 1599)
+    assert not cache.usable_stale(start + 1600)

@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .errors import ConfigurationError, InvalidToken, IssuerUnavailable
-from .keys import Action, JWKSError, KeyCache, KeySet, VerificationKey, cache_max_age
+from .errors import ConfigurationError
+from .keys import JWKSError, KeyCache, KeySet, VerificationKey, cache_max_age
 
-__all__ = ["KeySource", "check_url", "is_loopback"]
+__all__ = ["KeySource", "WarmUpError", "check_url", "is_loopback"]
 
 log = logging.getLogger("bearerguard")
 
@@ -37,6 +37,23 @@ Transport = httpx.BaseTransport | httpx.AsyncBaseTransport
 
 class FetchError(Exception):
     """The issuer could not give us usable keys. The message is for logs, never for clients."""
+
+
+class WarmUpError(Exception):
+    """``KeySource.warm_up`` could not fetch usable keys: the issuer is down, slow or broken.
+
+    A transient outage, not a configuration mistake: retry, or start anyway (requests then
+    fetch keys themselves, and fail 503 while the issuer stays unreachable). ``url`` is the
+    discovery URL or ``jwks_uri`` that failed, ``reason`` what went wrong; both are in the
+    message, which is for logs, never for clients.
+    """
+
+    def __init__(self, issuer: str, url: str, reason: str) -> None:
+        self.issuer = issuer
+        self.url = url
+        self.reason = reason
+        where = "" if url in reason else f" at {url}"
+        super().__init__(f"cannot fetch the signing keys of {issuer}{where}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -158,6 +175,22 @@ def async_client(timeout: float, transport: Transport | None) -> httpx.AsyncClie
     if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
         raise ConfigurationError("the transport is sync-only: it needs an httpx.Client")
     return httpx.AsyncClient(timeout=timeout, transport=transport, verify=_verify())
+
+
+def traced(
+    flow: Generator[httpx.Request, Fetched, T], urls: list[str]
+) -> Generator[httpx.Request, Fetched, T]:
+    """``flow``, appending the URL of each request it yields to ``urls``."""
+    try:
+        request = next(flow)
+        while True:
+            urls.append(str(request.url))
+            fetched = yield request
+            request = flow.send(fetched)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    finally:
+        flow.close()
 
 
 def run_sync(
@@ -294,6 +327,7 @@ class KeySource:
         self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
+        self._finished = 0  # fetches finished: a warm-up joins one in flight
 
     def serves(self, face: str) -> bool:
         """Whether keys can be fetched from the ``"sync"`` or the ``"async"`` face."""
@@ -354,6 +388,7 @@ class KeySource:
         return FetchResult(keys, max_age, response.headers.get("ETag"))
 
     def _after_fetch(self, result: FetchResult | None, error: str | None, now: float) -> None:
+        self._finished += 1
         if result is not None:
             self.cache.succeeded(result.keys, result.max_age, result.etag, now)
             return
@@ -363,73 +398,88 @@ class KeySource:
         if self.fixed_jwks_uri is None:
             self.jwks_uri = None  # discover again next time: the issuer may have moved its keys
 
-    def _decide(self, kid: str | None, now: float) -> VerificationKey | None:
-        """After planning or fetching: the key, or the right AuthError."""
-        # The common case first: fresh keys that hold the kid answer without the full plan
-        # (which would look the kid up, and then this function again).
-        keys = self.cache.keys
-        if keys is not None and now < self.cache.expires_at:
-            key = keys.find(kid)
-            if key is not None:
-                return key
-        action = self.cache.plan(kid, now)
-        if action is Action.FETCH:
-            return None
-        keys = self.cache.keys
-        if action is Action.UNAVAILABLE or keys is None:
-            raise IssuerUnavailable(retry_after=self.cache.retry_after(now))
-        key = keys.find(kid)
-        if key is None:
-            raise InvalidToken("unknown signing key" if kid is not None else "token has no kid")
-        return key
-
-    def _resolve_after(self, kid: str | None, now: float, fetched: bool) -> VerificationKey:
-        """The answer once a fetch was made (or refused): never FETCH again in one call.
-
-        Keys just ``fetched`` answer this request even when their TTL is zero.
-        """
-        cache = self.cache
-        keys = cache.keys
-        if keys is not None and (fetched or now < cache.expires_at or cache.usable_stale(now)):
-            key = keys.find(kid)
-            if key is None:
-                raise InvalidToken("unknown signing key" if kid is not None else "token has no kid")
-            return key
-        raise IssuerUnavailable(retry_after=cache.retry_after(now))
-
     def _deadline(self) -> float:
         # Discovery and JWKS together stay within two timeouts, however slowly bytes trickle.
         return time.monotonic() + 2 * self.timeout
 
+    def ready(self, now: float | None = None) -> bool:
+        """Whether usable keys are cached (fresh, or stale within ``max_stale``); no I/O.
+
+        For a readiness probe: false until the first successful fetch (``warm_up``), and again
+        once the keys outlive ``max_stale`` with the issuer unreachable.
+        """
+        return self.cache.usable_stale(self.clock() if now is None else now)
+
+    def _warm_up_error(self, error: str, urls: list[str]) -> WarmUpError:
+        url = urls[-1] if urls else self.fixed_jwks_uri or discovery_urls(self.issuer)[0]
+        return WarmUpError(self.issuer, url, error)
+
+    def _joined(self, finished_before: int) -> bool:
+        """Whether a fetch finished, successfully, while a warm-up waited for the lock."""
+        return (
+            self._finished != finished_before
+            and self.cache.last_error is None
+            and self.cache.keys is not None
+        )
+
     # -- the sync face ------------------------------------------------------------------------
 
     def get_key(self, kid: str | None) -> VerificationKey:
-        key = self._decide(kid, self.clock())
+        key = self.cache.lookup(kid, self.clock())
         if key is not None:
             return key
         self.check_face("sync")
         with self._lock:  # single flight across threads
             now = self.clock()
-            key = self._decide(kid, now)
+            key = self.cache.lookup(kid, now)
             if key is not None:
                 return key
-            self.cache.started(kid, now)
-            result, error = None, None
-            try:
-                result = self._run_sync_bounded()
-            except FetchError as exc:
-                error = str(exc)
-            now = self.clock()
-            self._after_fetch(result, error, now)
-            return self._resolve_after(kid, now, fetched=result is not None)
+            error, now = self._fetch_sync(kid, now, [])
+            return self.cache.after_fetch(kid, now, fetched=error is None)
 
-    def _run_sync_bounded(self) -> FetchResult:
+    def warm_up(self) -> None:
+        """Fetch discovery (unless the jwks_uri is known) and the JWKS now, e.g. at start-up.
+
+        The same single-flight fetch as a request's (one in flight is waited for, not
+        repeated), bounded by twice the fetch timeout and recorded by the cache the same way.
+        Raises ``WarmUpError`` (naming the URL that failed) when no usable keys could be
+        fetched; ConfigurationError when the sync face cannot fetch at all (an async-only
+        transport).
+        """
+        self.check_face("sync")
+        finished_before = self._finished
+        with self._lock:
+            if self._joined(finished_before):  # one was in flight: its keys are new enough
+                return
+            urls: list[str] = []
+            error, _ = self._fetch_sync(None, self.clock(), urls, routine=True)
+        if error is not None:
+            raise self._warm_up_error(error, urls) from None
+
+    def _fetch_sync(
+        self, kid: str | None, now: float, urls: list[str], *, routine: bool = False
+    ) -> tuple[str | None, float]:
+        """One fetch, the lock held, reported to the cache: (its error or None, the time after).
+
+        ``urls`` collects the URLs requested, the last one being where a failure happened.
+        """
+        self.cache.started(kid, now, routine=routine)
+        result, error = None, None
+        try:
+            result = self._run_sync_bounded(urls)
+        except FetchError as exc:
+            error = str(exc)
+        now = self.clock()
+        self._after_fetch(result, error, now)
+        return error, now
+
+    def _run_sync_bounded(self, urls: list[str]) -> FetchResult:
         """``_run_sync`` within two timeouts, however slowly the issuer answers.
 
         Fetches are rare (at most one per cooldown), so ``run_bounded``'s thread costs nothing
         that matters.
         """
-        return run_bounded(self._run_sync, 2 * self.timeout, what="fetching keys")
+        return run_bounded(lambda: self._run_sync(urls), 2 * self.timeout, what="fetching keys")
 
     def discover_sync(self) -> dict[str, Any]:
         """The issuer's metadata: the document discovered for the keys if there was one, else
@@ -450,43 +500,65 @@ class KeySource:
         with client:
             return run_sync(flow, client, deadline=deadline)
 
-    def _run_sync(self) -> FetchResult:
-        return self._drive_sync(self._flow())
+    def _run_sync(self, urls: list[str]) -> FetchResult:
+        return self._drive_sync(traced(self._flow(), urls))
 
     # -- the async face -----------------------------------------------------------------------
 
     async def get_key_async(self, kid: str | None) -> VerificationKey:
-        key = self._decide(kid, self.clock())
+        key = self.cache.lookup(kid, self.clock())
         if key is not None:
             return key
         self.check_face("async")
+        async with self._async_lock():  # single flight across tasks
+            now = self.clock()
+            key = self.cache.lookup(kid, now)
+            if key is not None:
+                return key
+            error, now = await self._fetch_async(kid, now, [])
+            return self.cache.after_fetch(kid, now, fetched=error is None)
+
+    async def warm_up_async(self) -> None:
+        """The async twin of ``warm_up``: the fetch never blocks the event loop."""
+        self.check_face("async")
+        finished_before = self._finished
+        async with self._async_lock():
+            if self._joined(finished_before):  # one was in flight: its keys are new enough
+                return
+            urls: list[str] = []
+            error, _ = await self._fetch_async(None, self.clock(), urls, routine=True)
+        if error is not None:
+            raise self._warm_up_error(error, urls) from None
+
+    def _async_lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
         lock = self._async_locks.get(loop)
         if lock is None:
             lock = self._async_locks[loop] = asyncio.Lock()
-        async with lock:  # single flight across tasks
-            now = self.clock()
-            key = self._decide(kid, now)
-            if key is not None:
-                return key
-            self.cache.started(kid, now)
-            result, error = None, None
-            try:
-                result = await asyncio.wait_for(self._run_async(), 2 * self.timeout)
-            except FetchError as exc:
-                error = str(exc)
-            except asyncio.TimeoutError:
-                error = "fetching keys took too long"
-            now = self.clock()
-            self._after_fetch(result, error, now)
-            return self._resolve_after(kid, now, fetched=result is not None)
+        return lock
 
-    async def _run_async(self) -> FetchResult:
+    async def _fetch_async(
+        self, kid: str | None, now: float, urls: list[str], *, routine: bool = False
+    ) -> tuple[str | None, float]:
+        """The async twin of ``_fetch_sync``."""
+        self.cache.started(kid, now, routine=routine)
+        result, error = None, None
+        try:
+            result = await asyncio.wait_for(self._run_async(urls), 2 * self.timeout)
+        except FetchError as exc:
+            error = str(exc)
+        except asyncio.TimeoutError:
+            error = "fetching keys took too long"
+        now = self.clock()
+        self._after_fetch(result, error, now)
+        return error, now
+
+    async def _run_async(self, urls: list[str]) -> FetchResult:
         if self.async_http_client is not None:
-            return await run_async(self._flow(), self.async_http_client)
+            return await run_async(traced(self._flow(), urls), self.async_http_client)
         try:
             client = async_client(self.timeout, self.transport)
         except ConfigurationError as exc:
             raise FetchError(str(exc)) from None
         async with client:
-            return await run_async(self._flow(), client)
+            return await run_async(traced(self._flow(), urls), client)

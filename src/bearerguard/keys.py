@@ -1,6 +1,8 @@
 """JWKS documents -> KeySet, and the key-caching policy as plain state (no I/O, no clock).
 
-``KeyCache`` decides; ``fetch.py`` does the fetching it asks for and reports back.
+``KeyCache`` owns every decision (``lookup``: a key, an AuthError, or "fetch now";
+``after_fetch``: the answer once fetched); ``fetch.py`` does the fetching it asks for and
+reports back (``started`` / ``succeeded`` / ``failed``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PublicKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from .errors import InvalidToken, IssuerUnavailable
 
 __all__ = ["HASHES", "CachePolicy", "KeyCache", "KeySet", "VerificationKey"]
 
@@ -266,6 +270,13 @@ class CachePolicy:
         return min(first * 2.0 ** min(failures - 1, 32), self.outage_retry_max)
 
 
+def _found(keys: KeySet, kid: str | None) -> VerificationKey:
+    key = keys.find(kid)
+    if key is None:
+        raise InvalidToken("unknown signing key" if kid is not None else "token has no kid")
+    return key
+
+
 class Action(Enum):
     USE = "use"  # the keys in hand answer the question
     FETCH = "fetch"  # ask the issuer now
@@ -297,6 +308,38 @@ class KeyCache:
         self.fetches = 0
         self._started_at = 0.0
 
+    def lookup(self, kid: str | None, now: float) -> VerificationKey | None:
+        """The key for ``kid``, or None meaning "fetch now"; else the AuthError to answer.
+
+        Raises InvalidToken (usable keys lack the kid and the issuer may not be asked yet) or
+        IssuerUnavailable (no usable keys and no fetch allowed yet).
+        """
+        # The hot path: fresh keys holding the kid answer without the full plan.
+        keys = self.keys
+        if keys is not None and now < self.expires_at:
+            key = keys.find(kid)
+            if key is not None:
+                return key
+        action = self.plan(kid, now)
+        if action is Action.FETCH:
+            return None
+        keys = self.keys
+        if action is Action.UNAVAILABLE or keys is None:
+            raise IssuerUnavailable(retry_after=self.retry_after(now))
+        return _found(keys, kid)
+
+    def after_fetch(self, kid: str | None, now: float, fetched: bool) -> VerificationKey:
+        """The answer once a fetch was made and reported (``fetched``: it succeeded).
+
+        Never "fetch again": keys just fetched answer even when their TTL is zero; after a
+        failure, keys still usable (fresh or within ``max_stale``) answer, else
+        IssuerUnavailable. A kid those keys lack is InvalidToken.
+        """
+        keys = self.keys
+        if keys is not None and (fetched or now < self.expires_at or self.usable_stale(now)):
+            return _found(keys, kid)
+        raise IssuerUnavailable(retry_after=self.retry_after(now))
+
     def plan(self, kid: str | None, now: float) -> Action:
         keys = self.keys
         if keys is not None and now < self.expires_at:
@@ -316,12 +359,18 @@ class KeyCache:
         return self._started_at + self.policy.outage_backoff(max(self.failures, 1))
 
     def usable_stale(self, now: float) -> bool:
+        """Whether cached keys may still answer: fresh, or stale within ``max_stale``."""
         return self.keys is not None and now < self.expires_at + self.policy.max_stale
 
-    def started(self, kid: str | None, now: float) -> None:
-        """A fetch is starting; one for a kid the usable keys lack starts the cooldown."""
+    def started(self, kid: str | None, now: float, *, routine: bool = False) -> None:
+        """A fetch is starting; one for a kid the usable keys lack starts the cooldown.
+
+        A ``routine`` fetch (a warm-up: no token asked for it) never starts the cooldown.
+        """
         self.fetches += 1
         self._started_at = now
+        if routine:
+            return
         if self.keys is not None and self.usable_stale(now) and self.keys.find(kid) is None:
             self.kid_refetch_at = now + self.policy.cooldown
 
