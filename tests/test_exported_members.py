@@ -17,6 +17,7 @@ def test_all_is_pinned() -> None:
         "IssuerUnavailable",
         "MissingToken",
         "ResourceServer",
+        "WarmUpError",
         "require_scopes",
     ]
 

@@ -248,3 +248,31 @@ async def test_an_async_warm_up_joins_a_fetch_already_in_flight(stub_issuer: Stu
     await asyncio.wait_for(asyncio.gather(request, warm), 10)
     assert source.ready()
     assert stub_issuer.jwks_fetches == 1
+
+
+# -- the ResourceServer faces --------------------------------------------------------------------
+
+
+def test_the_server_warms_up_every_issuer_and_reports_the_first_failure() -> None:
+    """Two issuers, one down: the healthy one is warmed up anyway, ready() stays False."""
+    up = LocalIssuer("https://up.test/oidc", audience="https://api.test")
+    down = LocalIssuer("https://down.test/oidc", audience="https://api.test")
+    transports = {"up.test": up.transport(), "down.test": down.transport()}
+
+    def route(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "down.test":
+            raise httpx.ConnectError("refused", request=request)
+        return transports["up.test"].handle_request(request)
+
+    server = ResourceServer(
+        [up.issuer, down.issuer], "https://api.test", transport=httpx.MockTransport(route)
+    )
+    assert not server.ready()
+    with pytest.raises(WarmUpError, match=r"down\.test"):
+        server.warm_up()
+    assert not server.ready()
+    assert server.key_sources[0].ready()
+    with pytest.raises(WarmUpError, match=r"down\.test"):
+        asyncio.run(server.warm_up_async())
+    token = up.mint("read")
+    assert server.authenticate(f"Bearer {token}").issuer == up.issuer

@@ -9,6 +9,7 @@ from .errors import (
     IssuerUnavailable,
     MissingToken,
 )
+from .fetch import WarmUpError
 from .server import ResourceServer
 from .token import AccessToken, require_scopes
 from .verify import DEFAULT_ALGORITHMS
@@ -24,6 +25,7 @@ __all__ = [
     "IssuerUnavailable",
     "MissingToken",
     "ResourceServer",
+    "WarmUpError",
     "require_scopes",
 ]
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ import httpx
 from .bearer import credentials, undecodable
 from .claims import ClaimRule
 from .errors import AuthError, ConfigurationError, InsufficientScope, InvalidToken
-from .fetch import KeySource, Transport, check_url
+from .fetch import KeySource, Transport, WarmUpError, check_url
 from .keys import CachePolicy, KeyCache, VerificationKey
 from .request import AUTHENTICATED, Anonymous, RequestView, Requirement, begin, settle
 from .token import AccessToken
@@ -292,6 +292,39 @@ class ResourceServer:
             return settle(token, view, requirement)
         except AuthError as exc:
             raise self.with_realm(exc) from None
+
+    # -- start-up -------------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Fetch every issuer's discovery document and keys now, e.g. at start-up.
+
+        Raises ``WarmUpError`` (naming the URL that failed) when an issuer cannot be reached
+        or answers nonsense; the others are still warmed up. Starting anyway is fine:
+        requests fetch keys themselves, and answer 503 while no keys can be had.
+        """
+        errors: list[WarmUpError] = []
+        for source in self.key_sources:
+            try:
+                source.warm_up()
+            except WarmUpError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    async def warm_up_async(self) -> None:
+        """The async twin of ``warm_up``, for an ASGI lifespan."""
+        errors: list[WarmUpError] = []
+        for source in self.key_sources:
+            try:
+                await source.warm_up_async()
+            except WarmUpError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def ready(self) -> bool:
+        """Usable keys are cached for every issuer (no I/O): for a readiness probe."""
+        return all(source.ready() for source in self.key_sources)
 
     def reuse(self, candidate: object) -> AccessToken | None:
         """``candidate`` if it is an ``AccessToken`` this server verified, else None.
