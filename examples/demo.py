@@ -264,6 +264,8 @@ def main() -> int:
                         PYTHON,
                         "-m",
                         "gunicorn",
+                        "-c",
+                        "examples/flask_app/gunicorn.conf.py",
                         "--chdir",
                         "examples/flask_app",
                         "-b",

@@ -605,6 +605,8 @@ def server_command(kind: str, port: int) -> list[str]:
         interpreter(),
         "-m",
         "gunicorn",
+        "-c",
+        "examples/flask_app/gunicorn.conf.py",
         "--chdir",
         "examples/flask_app",
         "-b",
@@ -662,13 +664,15 @@ def test_under_the_real_server(kind: str, tmp_path: Path) -> None:
             return client.request(method, path, headers=auth(token), **kw)
 
         assert call("GET", "/health").status_code == 200
+        # Warmed up at start-up: the keys were fetched before any token came.
+        assert issuer.requests.count("/oidc/jwks") == 1
         assert_error(call("GET", "/products"), 401, None)
         assert_error(call("GET", "/products", "a b"), 400, "invalid_request")
 
         response = call("GET", "/products", read)
         assert response.status_code == 200
         assert isinstance(response.json(), list)
-        assert issuer.requests.count("/oidc/jwks") >= 1  # keys came from the served issuer
+        assert issuer.requests.count("/oidc/jwks") == 1  # no fetch for the first token
 
         product = {"name": "Kettle", "price": 45}
         assert_error(
@@ -686,3 +690,28 @@ def test_under_the_real_server(kind: str, tmp_path: Path) -> None:
         whoami = call("GET", "/whoami", read).json()
         assert whoami["client_id"] == "test-client"
         assert whoami["scopes"] == [READ]
+
+
+@pytest.mark.parametrize("kind", sorted(EXAMPLES))
+def test_the_real_server_starts_while_the_issuer_is_down_then_recovers(
+    kind: str, tmp_path: Path
+) -> None:
+    """Warm-up failing at start-up is a warning, not a crash; keys come once the issuer does."""
+    port = free_port()
+    issuer = LocalIssuer(f"http://127.0.0.1:{port}/oidc", audience=AUDIENCE)
+    log = tmp_path / "server.log"
+    with (
+        running_example(kind, issuer.issuer, log) as base,
+        httpx.Client(base_url=base, timeout=10) as client,
+    ):
+        assert "starting without signing keys" in log.read_text(errors="replace")
+        assert issuer.issuer in log.read_text(errors="replace")  # the URL that failed
+        token = issuer.mint(READ)
+        reply = client.get("/products", headers=auth(token))
+        assert_error(reply, 503, None)
+        with issuer.serve(port=port):
+            deadline = time.monotonic() + 15
+            while reply.status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.25)  # polling for recovery, bounded by the 5 s outage pace
+                reply = client.get("/products", headers=auth(token))
+            assert reply.status_code == 200

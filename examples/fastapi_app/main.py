@@ -7,8 +7,11 @@ Configure with AUTH_ISSUER (e.g. https://<tenant>.logto.app/oidc) and AUTH_AUDIE
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Request, Response, Security
@@ -16,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictFloat, StrictInt
 
-from bearerguard import AccessToken, ResourceServer
+from bearerguard import AccessToken, ResourceServer, WarmUpError
 from bearerguard.asgi import BearerAuthMiddleware
 from bearerguard.fastapi import BearerAuth
 
@@ -32,7 +35,19 @@ Read = Annotated[AccessToken, Security(auth, scopes=["read:products"])]
 Write = Annotated[AccessToken, Security(auth, scopes=["write:products"])]
 Authenticated = Annotated[AccessToken, Security(auth)]
 
-app = FastAPI(title="Shopping API", version="1.0")
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Fetch the issuer's keys before the first request. An issuer that is briefly down only
+    # costs a warning: requests then fetch keys themselves (503 until it answers).
+    try:
+        await server.warm_up_async()
+    except WarmUpError as exc:
+        logging.getLogger("shopping").warning("starting without signing keys: %s", exc)
+    yield
+
+
+app = FastAPI(title="Shopping API", version="1.0", lifespan=lifespan)
 
 
 @app.exception_handler(RequestValidationError)

@@ -1,6 +1,8 @@
 """The shopping API on Flask, protected by bearerguard.
 
-Run: .venv/bin/python -m gunicorn --chdir examples/flask_app -b 127.0.0.1:8000 main:app
+Run (the config file fetches the signing keys at start-up):
+    .venv/bin/python -m gunicorn -c examples/flask_app/gunicorn.conf.py \
+        --chdir examples/flask_app -b 127.0.0.1:8000 main:app
 Configure with AUTH_ISSUER (e.g. https://<tenant>.logto.app/oidc) and AUTH_AUDIENCE.
 """
 
