@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -958,3 +959,84 @@ def test_key_cache_usable_stale_is_fresh_or_within_max_stale(
     assert cache.usable_stale(start)
     assert cache.usable_stale(start + 1599)
     assert not cache.usable_stale(start + 1600)
+
+
+def test_single_flight_across_both_faces_and_two_event_loops(stub_issuer: StubIssuer) -> None:
+    """Threads on the sync face and tasks on two event loops, all cold at once: one fetch.
+
+    (A WSGI app and an ASGI app sharing one ResourceServer, or anyio worker threads.)
+    """
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_jwks(request: httpx.Request) -> httpx.Response:
+        if request.url.path == stub_issuer.jwks_path:
+            entered.set()
+            release.wait(10)
+        return stub_issuer.handle(request)
+
+    server = stub_issuer.resource_server(transport=httpx.MockTransport(slow_jwks))
+    verified: list[AccessToken] = []
+    errors: list[BaseException] = []
+
+    def sync_request() -> None:
+        try:
+            verified.append(server.authenticate(bearer(stub_issuer.mint())))
+        except BaseException as exc:
+            errors.append(exc)
+
+    def loop_of_tasks() -> None:
+        async def many() -> None:
+            async def one() -> None:
+                try:
+                    verified.append(await server.authenticate_async(bearer(stub_issuer.mint())))
+                except BaseException as exc:
+                    errors.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(20):
+                    tg.start_soon(one)
+
+        asyncio.run(many())
+
+    threads = [threading.Thread(target=sync_request) for _ in range(8)]
+    threads += [threading.Thread(target=loop_of_tasks) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        assert entered.wait(10)
+        time.sleep(0.1)  # not a clock: lets every caller pile up behind the one fetch
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(10)
+    assert errors == []
+    assert len(verified) == 8 + 2 * 20
+    assert stub_issuer.jwks_fetches == 1
+    assert stub_issuer.discovery_fetches == 1
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_waiter_does_not_cancel_the_shared_fetch(stub_issuer: StubIssuer) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_jwks(request: httpx.Request) -> httpx.Response:
+        if request.url.path == stub_issuer.jwks_path:
+            entered.set()
+            release.wait(10)
+        return stub_issuer.handle(request)
+
+    server = stub_issuer.resource_server(transport=httpx.MockTransport(slow_jwks))
+    leader = threading.Thread(target=lambda: server.authenticate(bearer(stub_issuer.mint())))
+    leader.start()
+    try:
+        assert entered.wait(10)
+        waiter = asyncio.ensure_future(server.authenticate_async(bearer(stub_issuer.mint())))
+        await asyncio.sleep(0.05)  # not a clock: the waiter is now waiting on the fetch
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    finally:
+        release.set()
+        leader.join(10)
+    assert (await server.authenticate_async(bearer(stub_issuer.mint()))).sub == "test-client"
+    assert stub_issuer.jwks_fetches == 1

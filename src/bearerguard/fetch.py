@@ -9,13 +9,14 @@ feeding the one ``KeyCache`` policy in ``keys.py``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import ipaddress
 import json
 import logging
 import ssl
 import threading
 import time
-import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -323,11 +324,10 @@ class KeySource:
         self.http_client = http_client
         self.async_http_client = async_http_client
         self.transport = transport
-        self._lock = threading.Lock()
-        self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._finished = 0  # fetches finished: a warm-up joins one in flight
+        # Single flight across threads, tasks and event loops alike: the fetch in flight is a
+        # Future every other caller waits on; the lock is held only to look at or swap it.
+        self._guard = threading.Lock()
+        self._inflight: concurrent.futures.Future[str | None] | None = None
 
     def serves(self, face: str) -> bool:
         """Whether keys can be fetched from the ``"sync"`` or the ``"async"`` face."""
@@ -388,7 +388,6 @@ class KeySource:
         return FetchResult(keys, max_age, response.headers.get("ETag"))
 
     def _after_fetch(self, result: FetchResult | None, error: str | None, now: float) -> None:
-        self._finished += 1
         if result is not None:
             self.cache.succeeded(result.keys, result.max_age, result.etag, now)
             return
@@ -414,13 +413,26 @@ class KeySource:
         url = urls[-1] if urls else self.fixed_jwks_uri or discovery_urls(self.issuer)[0]
         return WarmUpError(self.issuer, url, error)
 
-    def _joined(self, finished_before: int) -> bool:
-        """Whether a fetch finished, successfully, while a warm-up waited for the lock."""
-        return (
-            self._finished != finished_before
-            and self.cache.last_error is None
-            and self.cache.keys is not None
-        )
+    def _flight(self) -> tuple[concurrent.futures.Future[str | None], bool]:
+        """(the fetch in flight, False) to wait for, or (a new one, True) to run and finish."""
+        with self._guard:
+            if self._inflight is not None:
+                return self._inflight, False
+            flight: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+            self._inflight = flight
+            return flight, True
+
+    def _landed(self, flight: concurrent.futures.Future[str | None], error: str | None) -> None:
+        """The fetch this caller ran is over: its error (or None) to everyone waiting."""
+        with self._guard:
+            self._inflight = None
+        if not flight.done():
+            flight.set_result(error)
+
+    def _wait_bound(self) -> float:
+        # A fetch gives up after two timeouts; a waiter gives up a little later (and then
+        # may fetch itself), so a leader that can never finish cannot hold it for ever.
+        return 2 * self.timeout + 1
 
     # -- the sync face ------------------------------------------------------------------------
 
@@ -429,30 +441,54 @@ class KeySource:
         if key is not None:
             return key
         self.check_face("sync")
-        with self._lock:  # single flight across threads
-            now = self.clock()
-            key = self.cache.lookup(kid, now)
-            if key is not None:
-                return key
-            error, now = self._fetch_sync(kid, now, [])
+        while True:
+            flight, lead = self._flight()
+            if not lead:
+                with contextlib.suppress(concurrent.futures.TimeoutError):
+                    flight.result(self._wait_bound())
+                key = self.cache.lookup(kid, self.clock())
+                if key is not None:
+                    return key
+                continue  # the policy allows a fetch of our own (for another kid, say)
+            error: str | None = "interrupted"
+            try:
+                now = self.clock()
+                key = self.cache.lookup(kid, now)  # one may have landed just before
+                if key is not None:
+                    error = None
+                    return key
+                error, now = self._fetch_sync(kid, now, [])
+            finally:
+                self._landed(flight, error)
             return self.cache.after_fetch(kid, now, fetched=error is None)
 
     def warm_up(self) -> None:
         """Fetch discovery (unless the jwks_uri is known) and the JWKS now, e.g. at start-up.
 
-        The same single-flight fetch as a request's (one in flight is waited for, not
-        repeated), bounded by twice the fetch timeout and recorded by the cache the same way.
-        Raises ``WarmUpError`` (naming the URL that failed) when no usable keys could be
-        fetched; ConfigurationError when the sync face cannot fetch at all (an async-only
-        transport).
+        The same single-flight fetch as a request's (one in flight is waited for, and only
+        repeated if it failed), bounded by twice the fetch timeout and recorded by the cache
+        the same way. Raises ``WarmUpError`` (naming the URL that failed) when no usable keys
+        could be fetched; ConfigurationError when the sync face cannot fetch at all (an
+        async-only transport).
         """
         self.check_face("sync")
-        finished_before = self._finished
-        with self._lock:
-            if self._joined(finished_before):  # one was in flight: its keys are new enough
-                return
-            urls: list[str] = []
+        flight, lead = self._flight()
+        if not lead:
+            with contextlib.suppress(concurrent.futures.TimeoutError):
+                if flight.result(self._wait_bound()) is None:
+                    return  # one was in flight and it worked: its keys are new enough
+            flight, lead = self._flight()
+            if not lead:  # yet another one started meanwhile: take its word
+                with contextlib.suppress(concurrent.futures.TimeoutError):
+                    if flight.result(self._wait_bound()) is None:
+                        return
+                raise self._warm_up_error(self.cache.last_error or "took too long", [])
+        urls: list[str] = []
+        error: str | None = "interrupted"
+        try:
             error, _ = self._fetch_sync(None, self.clock(), urls, routine=True)
+        finally:
+            self._landed(flight, error)
         if error is not None:
             raise self._warm_up_error(error, urls) from None
 
@@ -510,32 +546,57 @@ class KeySource:
         if key is not None:
             return key
         self.check_face("async")
-        async with self._async_lock():  # single flight across tasks
-            now = self.clock()
-            key = self.cache.lookup(kid, now)
-            if key is not None:
-                return key
-            error, now = await self._fetch_async(kid, now, [])
+        while True:
+            flight, lead = self._flight()
+            if not lead:
+                await self._wait(flight)
+                key = self.cache.lookup(kid, self.clock())
+                if key is not None:
+                    return key
+                continue
+            error: str | None = "interrupted"
+            try:
+                now = self.clock()
+                key = self.cache.lookup(kid, now)
+                if key is not None:
+                    error = None
+                    return key
+                error, now = await self._fetch_async(kid, now, [])
+            finally:
+                self._landed(flight, error)
             return self.cache.after_fetch(kid, now, fetched=error is None)
 
     async def warm_up_async(self) -> None:
         """The async twin of ``warm_up``: the fetch never blocks the event loop."""
         self.check_face("async")
-        finished_before = self._finished
-        async with self._async_lock():
-            if self._joined(finished_before):  # one was in flight: its keys are new enough
+        flight, lead = self._flight()
+        if not lead:
+            if await self._wait(flight) is None:
                 return
-            urls: list[str] = []
+            flight, lead = self._flight()
+            if not lead:
+                if await self._wait(flight) is None:
+                    return
+                raise self._warm_up_error(self.cache.last_error or "took too long", [])
+        urls: list[str] = []
+        error: str | None = "interrupted"
+        try:
             error, _ = await self._fetch_async(None, self.clock(), urls, routine=True)
+        finally:
+            self._landed(flight, error)
         if error is not None:
             raise self._warm_up_error(error, urls) from None
 
-    def _async_lock(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        lock = self._async_locks.get(loop)
-        if lock is None:
-            lock = self._async_locks[loop] = asyncio.Lock()
-        return lock
+    async def _wait(self, flight: concurrent.futures.Future[str | None]) -> str | None:
+        """Another caller's fetch (from any thread or event loop), awaited without blocking
+        this loop: its error, or None. Shielded: a waiter that is cancelled (its client gone)
+        must not cancel the fetch everyone shares."""
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(flight)), self._wait_bound()
+            )
+        except asyncio.TimeoutError:
+            return "took too long"
 
     async def _fetch_async(
         self, kid: str | None, now: float, urls: list[str], *, routine: bool = False
