@@ -18,8 +18,9 @@ from fastapi.openapi.models import SecurityBase as SecurityBaseModel
 from fastapi.security import OAuth2, SecurityScopes
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
+from starlette.websockets import WebSocket
 
-from .asgi import request_view
+from .asgi import request_view, send_error
 from .claims import ClaimRule
 from .errors import AuthError
 from .fetch import (
@@ -36,14 +37,19 @@ __all__ = ["BearerAuth", "add_exception_handler"]
 _HANDLERS_KEY = "starlette.exception_handlers"
 
 
-async def _handle(request: Request, exc: Exception) -> Response:
+async def _handle(request: Request, exc: Exception) -> Response | None:
     """The RFC 6750 response; a realm-less error (``require_scopes``) gets the realm of the
-    server that verified the request's token."""
+    server that verified the request's token. A websocket handshake is denied as the
+    middleware denies it (an HTTP response where the server can send one, else close 1008)."""
     assert isinstance(exc, AuthError)
     if exc.realm is None:
         token = request.scope.get("auth")
         if isinstance(token, AccessToken) and isinstance(token._server, ResourceServer):
             token._server.with_realm(exc)
+    conn: HTTPConnection = request
+    if isinstance(conn, WebSocket):
+        await send_error(exc, conn.scope, conn.send)
+        return None
     return error_response(exc)
 
 

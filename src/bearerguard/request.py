@@ -92,9 +92,11 @@ def begin(
     if token is not None:
         return token
     values = view.authorization
-    if len(values) > 1:
-        raise InvalidRequest("several authorization headers")
     header = values[0] if values else None
+    # A WSGI server joins repeated headers with ", " (RFC 9110 section 5.3): "Bearer a, Bearer
+    # b" is several headers there, so it is here too (token68 has no comma).
+    if len(values) > 1 or (header is not None and "," in header and _bearer(header)):
+        raise InvalidRequest("several authorization headers")
     if requirement.optional and not _bearer(header):
         return ANONYMOUS  # no bearer credentials (none, or another scheme, e.g. an API key)
     return header

@@ -13,8 +13,9 @@ from typing import Any, TypeVar, cast
 
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
+from starlette.websockets import WebSocket
 
-from .asgi import request_view, store
+from .asgi import request_view, send_error, store
 from .claims import ClaimRule
 from .errors import AuthError
 from .rules import Requirement
@@ -74,6 +75,9 @@ class Protect:
                     try:
                         token = await server.authorize_async(request_view(conn.scope), requirement)
                     except AuthError as exc:
+                        if isinstance(conn, WebSocket):  # Starlette ignores what it returns
+                            await send_error(exc, conn.scope, conn.send)
+                            return None
                         return error_response(exc)
                     store(conn.scope, token)
                     return await endpoint(*args, **kwargs)
