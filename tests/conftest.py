@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +72,19 @@ class StubIssuer(LocalIssuer):
 
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(), **self.metadata_override}
+
+    def held_jwks(self) -> tuple[threading.Event, threading.Event, httpx.MockTransport]:
+        """(entered, release, transport): JWKS requests through ``transport`` set ``entered``
+        and wait (10 s at most) for ``release``, so a test can pile callers up behind one."""
+        entered, release = threading.Event(), threading.Event()
+
+        def held(request: httpx.Request) -> httpx.Response:
+            if request.url.path == self.jwks_path:
+                entered.set()
+                release.wait(10)
+            return self.handle(request)
+
+        return entered, release, httpx.MockTransport(held)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path

@@ -652,15 +652,8 @@ async def test_single_flight_across_100_tasks(stub_issuer: StubIssuer) -> None:
 
 
 def test_single_flight_across_16_threads(stub_issuer: StubIssuer) -> None:
-    entered, release = threading.Event(), threading.Event()
-
-    def slow_jwks(request: httpx.Request) -> httpx.Response:
-        if request.url.path == stub_issuer.jwks_path:
-            entered.set()
-            release.wait(10)
-        return stub_issuer.handle(request)
-
-    server = stub_issuer.resource_server(transport=httpx.MockTransport(slow_jwks))
+    entered, release, held = stub_issuer.held_jwks()
+    server = stub_issuer.resource_server(transport=held)
     tokens = [stub_issuer.mint() for _ in range(16)]
     start = threading.Barrier(16)
     verified: list[AccessToken] = []
@@ -966,15 +959,8 @@ def test_single_flight_across_both_faces_and_two_event_loops(stub_issuer: StubIs
 
     (A WSGI app and an ASGI app sharing one ResourceServer, or anyio worker threads.)
     """
-    entered, release = threading.Event(), threading.Event()
-
-    def slow_jwks(request: httpx.Request) -> httpx.Response:
-        if request.url.path == stub_issuer.jwks_path:
-            entered.set()
-            release.wait(10)
-        return stub_issuer.handle(request)
-
-    server = stub_issuer.resource_server(transport=httpx.MockTransport(slow_jwks))
+    entered, release, held = stub_issuer.held_jwks()
+    server = stub_issuer.resource_server(transport=held)
     verified: list[AccessToken] = []
     errors: list[BaseException] = []
 
@@ -1017,15 +1003,8 @@ def test_single_flight_across_both_faces_and_two_event_loops(stub_issuer: StubIs
 
 @pytest.mark.anyio
 async def test_a_cancelled_waiter_does_not_cancel_the_shared_fetch(stub_issuer: StubIssuer) -> None:
-    entered, release = threading.Event(), threading.Event()
-
-    def slow_jwks(request: httpx.Request) -> httpx.Response:
-        if request.url.path == stub_issuer.jwks_path:
-            entered.set()
-            release.wait(10)
-        return stub_issuer.handle(request)
-
-    server = stub_issuer.resource_server(transport=httpx.MockTransport(slow_jwks))
+    entered, release, held = stub_issuer.held_jwks()
+    server = stub_issuer.resource_server(transport=held)
     leader = threading.Thread(target=lambda: server.authenticate(bearer(stub_issuer.mint())))
     leader.start()
     try:

@@ -204,15 +204,8 @@ async def test_warm_up_on_a_face_the_transport_cannot_serve_is_a_configuration_e
 
 
 def test_a_warm_up_joins_a_fetch_already_in_flight(stub_issuer: StubIssuer) -> None:
-    entered, release = threading.Event(), threading.Event()
-
-    def slow_jwks(request: httpx.Request) -> httpx.Response:
-        if request.url.path == stub_issuer.jwks_path:
-            entered.set()
-            release.wait(10)
-        return stub_issuer.handle(request)
-
-    server = stub_issuer.resource_server(transport=httpx.MockTransport(slow_jwks))
+    entered, release, held = stub_issuer.held_jwks()
+    server = stub_issuer.resource_server(transport=held)
     request = threading.Thread(target=server.authenticate, args=(f"Bearer {stub_issuer.mint()}",))
     request.start()
     assert entered.wait(10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -33,28 +34,17 @@ from .verify import (
 __all__ = ["ResourceServer"]
 
 
+@dataclass(slots=True)
 class _Pending:
     """A token ``_start`` could not decide: what ``_finish`` needs, and whose key to ask."""
 
-    __slots__ = ("alg", "cache_key", "kid", "payload", "signature", "signing_input", "source")
-
-    def __init__(
-        self,
-        cache_key: str | None,
-        payload: dict[str, Any],
-        signing_input: bytes,
-        signature: bytes,
-        alg: str,
-        kid: str | None,
-        source: KeySource,
-    ) -> None:
-        self.cache_key = cache_key
-        self.payload = payload
-        self.signing_input = signing_input
-        self.signature = signature
-        self.alg = alg
-        self.kid = kid
-        self.source = source
+    cache_key: str | None
+    payload: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+    alg: str
+    kid: str | None
+    source: KeySource
 
 
 def _strings(value: str | Iterable[str], what: str) -> tuple[str, ...]:
@@ -223,7 +213,7 @@ class ResourceServer:
         try:
             step = self._start(self._credentials(authorization), authorization)
             if isinstance(step, _Pending):
-                step = self._complete(step, step.source.get_key(step.kid))
+                step = self._finish(step, step.source.get_key(step.kid))
             return step
         except AuthError as exc:
             raise self.with_realm(exc) from None
@@ -237,7 +227,7 @@ class ResourceServer:
         try:
             step = self._start(self._credentials(authorization), authorization)
             if isinstance(step, _Pending):
-                step = self._complete(step, await step.source.get_key_async(step.kid))
+                step = self._finish(step, await step.source.get_key_async(step.kid))
             return step
         except AuthError as exc:
             raise self.with_realm(exc) from None
@@ -247,7 +237,7 @@ class ResourceServer:
         try:
             step = self._start(self._raw(token), None)
             if isinstance(step, _Pending):
-                step = self._complete(step, step.source.get_key(step.kid))
+                step = self._finish(step, step.source.get_key(step.kid))
             return step
         except AuthError as exc:
             raise self.with_realm(exc) from None
@@ -257,7 +247,7 @@ class ResourceServer:
         try:
             step = self._start(self._raw(token), None)
             if isinstance(step, _Pending):
-                step = self._complete(step, await step.source.get_key_async(step.kid))
+                step = self._finish(step, await step.source.get_key_async(step.kid))
             return step
         except AuthError as exc:
             raise self.with_realm(exc) from None
@@ -386,11 +376,6 @@ class ResourceServer:
         payload, signing_input, signature, alg, kid, iss = self._prepare(token)
         return _Pending(cache_key, payload, signing_input, signature, alg, kid, self._sources[iss])
 
-    def _complete(self, step: _Pending, key: VerificationKey) -> AccessToken:
-        return self._finish(
-            step.cache_key, step.payload, step.signing_input, step.signature, step.alg, key
-        )
-
     def _lookup(self, token: str, header: str | None) -> tuple[str | None, AccessToken | None]:
         """(the cache key for ``token``, its cached answer); the key is None with the cache off.
 
@@ -452,23 +437,16 @@ class ResourceServer:
         self._headers[segment] = known
         return known
 
-    def _finish(
-        self,
-        cache_key: str | None,
-        payload: dict[str, Any],
-        signing_input: bytes,
-        signature: bytes,
-        alg: str,
-        key: VerificationKey,
-    ) -> AccessToken:
-        check_signature(signature, signing_input, alg, key)
+    def _finish(self, step: _Pending, key: VerificationKey) -> AccessToken:
+        """Signature, claims, this API's claim rules; then the verified-token cache."""
+        check_signature(step.signature, step.signing_input, step.alg, key)
         now = self._clock()
-        access = check_claims(payload, self.options, now, server=self)
+        access = check_claims(step.payload, self.options, now, server=self)
         for rule in self.claim_rules:  # before caching: a token failing one is never cached
             if not rule.holds(access):
                 raise InvalidToken(f"token fails a claim rule of this API: {rule.description}")
-        if cache_key is not None:
-            self._remember(cache_key, access, now)
+        if step.cache_key is not None:
+            self._remember(step.cache_key, access, now)
         return access
 
     @property
