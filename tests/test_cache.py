@@ -1019,3 +1019,44 @@ async def test_a_cancelled_waiter_does_not_cancel_the_shared_fetch(stub_issuer: 
         leader.join(10)
     assert (await server.authenticate_async(bearer(stub_issuer.mint()))).sub == "test-client"
     assert stub_issuer.jwks_fetches == 1
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.anyio
+async def test_a_sync_call_on_the_loop_thread_does_not_wait_for_that_loops_fetch(
+    stub_issuer: StubIssuer,
+) -> None:
+    """Sync code inside async code (blocking the loop) while that loop's task fetches: the
+    sync call fetches on its own instead of waiting for a fetch it keeps from finishing."""
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    async def held(request: httpx.Request) -> httpx.Response:
+        if request.url.path == stub_issuer.jwks_path:
+            entered.set()
+            await gate.wait()
+        return stub_issuer.handle(request)
+
+    server = stub_issuer.resource_server(
+        transport=None,
+        http_client=httpx.Client(transport=httpx.MockTransport(stub_issuer.handle)),
+        async_http_client=httpx.AsyncClient(transport=httpx.MockTransport(held)),
+    )
+    leader = asyncio.ensure_future(server.authenticate_async(bearer(stub_issuer.mint())))
+    await entered.wait()
+    assert server.authenticate(bearer(stub_issuer.mint())).sub == "test-client"
+    gate.set()
+    assert (await leader).sub == "test-client"
+
+
+def test_a_waiter_takes_over_from_a_fetch_that_never_lands(stub_issuer: StubIssuer) -> None:
+    """A leader that can never finish (its event loop blocked or gone) holds nobody past the
+    wait bound: the waiter fetches itself, and the late leader cannot clear its flight."""
+    server = stub_issuer.resource_server(fetch_timeout=0.2)
+    (source,) = server.key_sources
+    stuck, lead = source._flight()  # a fetch in flight that will never land
+    assert lead
+    assert server.authenticate(bearer(stub_issuer.mint())).sub == "test-client"
+    assert stub_issuer.jwks_fetches == 1
+    source._landed(stuck, "too late")  # the stuck leader finally gives up
+    assert source._inflight is None
+    assert server.authenticate(bearer(stub_issuer.mint())).sub == "test-client"

@@ -282,3 +282,35 @@ def test_a_rule_needs_a_description_and_a_callable() -> None:
         ClaimRule("x", "not callable")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="allowed"):
         claim_in("azp", [])
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer\tnot.a.token",
+        "Bearer\xa0not.a.token",
+        "Bearer,not.a.token",
+        ",Bearer not.a.token",
+        "Basic x, Bearer not.a.token",
+        "  bearer not.a.token",
+    ],
+)
+def test_optional_never_takes_a_mangled_bearer_attempt_for_no_credentials(
+    issuer: LocalIssuer, header: str
+) -> None:
+    found = outcome(issuer.resource_server(), view(header), OPTIONAL)
+    assert isinstance(found, (InvalidRequest, InvalidToken)), found
+
+
+@pytest.mark.parametrize("header", ['Digest username="a", realm="b"', "Basic a,b", "Bearerish x"])
+def test_optional_takes_other_schemes_with_commas_for_no_bearer_credentials(
+    issuer: LocalIssuer, header: str
+) -> None:
+    assert outcome(issuer.resource_server(), view(header), OPTIONAL) is None
+
+
+def test_ready_made_rules_refuse_arguments_that_would_loosen_them() -> None:
+    with pytest.raises(TypeError, match="not a string"):
+        claim_in("azp", "billing")  # would allow "b", "i", "l", ...
+    with pytest.raises(ValueError, match="non-empty"):
+        claim_contains("roles", "")

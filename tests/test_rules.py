@@ -323,3 +323,15 @@ def test_starlette_converters_are_understood(pattern: str, path: str, matches: b
 def test_syntax_that_would_be_taken_literally_is_refused_at_start_up(pattern: str) -> None:
     with pytest.raises(ValueError, match="outside a placeholder"):
         Rule(pattern, scopes="s")
+
+
+def test_a_spelling_never_makes_an_optional_route_out_of_a_required_one() -> None:
+    """Werkzeug with strict_slashes=False sends /api/private/x/ to the /api/private/{x} view."""
+    rules = RuleSet([Rule("/api/private/{x}"), Rule("/api/*", optional=True)])
+    assert not rules.requirement("GET", "/api/private/x").optional
+    assert not rules.requirement("GET", "/api/private/x/").optional
+    assert rules.requirement("GET", "/api/open").optional
+    scoped = RuleSet([Rule("/a/{x}", scopes="s"), Rule("/a/*", optional=True)])
+    merged = scoped.requirement("GET", "/a/b/")
+    assert not merged.optional
+    assert [g.scopes for g in merged.groups()] == [("s",)]

@@ -88,6 +88,8 @@ def claim_equals(claim: str, expected: str | int | bool) -> ClaimRule:
 
 def claim_contains(claim: str, value: str) -> ClaimRule:
     """The claim (a list, or a space-separated string) includes ``value``: a role, a group."""
+    if not isinstance(value, str) or not value.strip(" "):
+        raise ValueError(f"claim_contains({claim!r}, ...) needs a non-empty value")
     return ClaimRule(
         f"{claim} must include {value!r}", lambda token, _: value in _values(token, claim)
     )
@@ -95,6 +97,8 @@ def claim_contains(claim: str, value: str) -> ClaimRule:
 
 def claim_in(claim: str, allowed: Iterable[str]) -> ClaimRule:
     """The claim is a string from ``allowed``: e.g. ``azp`` from a list of client ids."""
+    if isinstance(allowed, str):  # its characters would be the allowed values
+        raise TypeError(f"claim_in({claim!r}, ...) takes a collection of strings, not a string")
     choices = frozenset(allowed)
     if not choices:
         raise ValueError(f"claim_in({claim!r}, ...) needs at least one allowed value")

@@ -20,7 +20,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from .asgi import request_view, send_error
+from .asgi import request_view, send_error, store
 from .claims import ClaimRule
 from .errors import AuthError
 from .fetch import (
@@ -194,6 +194,5 @@ class BearerAuth(OAuth2):
                 claims=self.claim_rules,
             )
         token = await self.server.authorize_async(request_view(request.scope), requirement)
-        if token is not None:
-            request.scope["auth"] = token
+        store(request.scope, token)  # request.auth and request.user, as the middleware does
         return token

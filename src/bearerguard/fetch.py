@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import ipaddress
 import json
 import logging
@@ -94,6 +93,14 @@ def check_url(url: str, what: str) -> str:
     if parts.scheme == "http" and is_loopback(parts.hostname):
         return url
     raise ConfigurationError(f"{what} must be an https:// URL (http:// only on loopback): {url!r}")
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def discovery_urls(issuer: str) -> list[str]:
@@ -425,13 +432,21 @@ class KeySource:
     def _landed(self, flight: concurrent.futures.Future[str | None], error: str | None) -> None:
         """The fetch this caller ran is over: its error (or None) to everyone waiting."""
         with self._guard:
-            self._inflight = None
+            if self._inflight is flight:  # not if a waiter gave up on it and took over
+                self._inflight = None
         if not flight.done():
             flight.set_result(error)
 
+    def _abandon(self, flight: concurrent.futures.Future[str | None]) -> None:
+        """A waiter gave up on ``flight`` (it outlived every fetch's bound): the next caller
+        leads a fetch of its own instead of waiting on it again."""
+        with self._guard:
+            if self._inflight is flight:
+                self._inflight = None
+
     def _wait_bound(self) -> float:
-        # A fetch gives up after two timeouts; a waiter gives up a little later (and then
-        # may fetch itself), so a leader that can never finish cannot hold it for ever.
+        # A fetch gives up after two timeouts; a waiter gives up a little later and takes
+        # over, so a leader that can never finish (its event loop blocked) holds nobody.
         return 2 * self.timeout + 1
 
     # -- the sync face ------------------------------------------------------------------------
@@ -441,11 +456,17 @@ class KeySource:
         if key is not None:
             return key
         self.check_face("sync")
+        # On an event loop's own thread (a sync call inside async code) waiting could block
+        # the very loop a leading async fetch needs: such a caller fetches on its own.
+        alone = _on_event_loop()
         while True:
-            flight, lead = self._flight()
+            flight, lead = (None, True) if alone else self._flight()
             if not lead:
-                with contextlib.suppress(concurrent.futures.TimeoutError):
+                assert flight is not None
+                try:
                     flight.result(self._wait_bound())
+                except concurrent.futures.TimeoutError:
+                    self._abandon(flight)
                 key = self.cache.lookup(kid, self.clock())
                 if key is not None:
                     return key
@@ -459,7 +480,8 @@ class KeySource:
                     return key
                 error, now = self._fetch_sync(kid, now, [])
             finally:
-                self._landed(flight, error)
+                if flight is not None:
+                    self._landed(flight, error)
             return self.cache.after_fetch(kid, now, fetched=error is None)
 
     def warm_up(self) -> None:
@@ -472,30 +494,35 @@ class KeySource:
         async-only transport).
         """
         self.check_face("sync")
-        flight, lead = self._flight()
-        if not lead:
-            with contextlib.suppress(concurrent.futures.TimeoutError):
+        alone = _on_event_loop()
+        flight, lead = (None, True) if alone else self._flight()
+        for _ in range(2):  # one in flight, then perhaps one started meanwhile
+            if lead:
+                break
+            assert flight is not None
+            try:
                 if flight.result(self._wait_bound()) is None:
                     return  # one was in flight and it worked: its keys are new enough
+            except concurrent.futures.TimeoutError:
+                self._abandon(flight)
             flight, lead = self._flight()
-            if not lead:  # yet another one started meanwhile: take its word
-                with contextlib.suppress(concurrent.futures.TimeoutError):
-                    if flight.result(self._wait_bound()) is None:
-                        return
-                raise self._warm_up_error(self.cache.last_error or "took too long", [])
+        if not lead:
+            raise self._warm_up_error(self.cache.last_error or "took too long", [])
         urls: list[str] = []
         error: str | None = "interrupted"
         try:
             error, _ = self._fetch_sync(None, self.clock(), urls, routine=True)
         finally:
-            self._landed(flight, error)
+            if flight is not None:
+                self._landed(flight, error)
         if error is not None:
             raise self._warm_up_error(error, urls) from None
 
     def _fetch_sync(
         self, kid: str | None, now: float, urls: list[str], *, routine: bool = False
     ) -> tuple[str | None, float]:
-        """One fetch, the lock held, reported to the cache: (its error or None, the time after).
+        """One fetch (this caller leads it), reported to the cache: (its error or None, the
+        time after).
 
         ``urls`` collects the URLs requested, the last one being where a failure happened.
         """
@@ -596,6 +623,7 @@ class KeySource:
                 asyncio.shield(asyncio.wrap_future(flight)), self._wait_bound()
             )
         except asyncio.TimeoutError:
+            self._abandon(flight)
             return "took too long"
 
     async def _fetch_async(

@@ -14,26 +14,19 @@ calls, so they cannot drift.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .claims import NO_PARAMS
 from .errors import InsufficientScope, InvalidRequest
-from .rules import AUTHENTICATED, Requirement
+from .rules import Requirement
 from .token import AccessToken
 
 if TYPE_CHECKING:
     from .server import ResourceServer
 
-__all__ = [
-    "ANONYMOUS",
-    "AUTHENTICATED",
-    "Anonymous",
-    "RequestView",
-    "Requirement",
-    "begin",
-    "settle",
-]
+__all__ = ["ANONYMOUS", "Anonymous", "RequestView", "begin", "settle"]
 
 
 class RequestView:
@@ -102,16 +95,18 @@ def begin(
     return header
 
 
+# A bearer attempt, however mangled ("Bearer\tx", "Bearer,x", "Basic a, Bearer b"): such a
+# header is never "no bearer credentials" on an optional route; parsing then answers it.
+_BEARER = re.compile(r"(?:^|,)\s*bearer(?:\s|,|$)", re.IGNORECASE)
+
+
 def _bearer(header: str | None) -> bool:
-    if header is None:
-        return False
-    scheme = header.lstrip(" \t").partition(" ")[0]
-    return scheme.lower() == "bearer"
+    return header is not None and _BEARER.search(header) is not None
 
 
 def settle(token: AccessToken, view: RequestView, requirement: Requirement) -> AccessToken:
     """The route's scopes (all, or one with ``any_of``) and claim rules, group by group."""
-    for group in requirement._groups:
+    for group in requirement.groups():
         if group.scopes and not token.has_scopes(*group.scopes, any_of=group.any_of):
             raise InsufficientScope(group.scopes, any_of=group.any_of)
         for rule in group.claims:

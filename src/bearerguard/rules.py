@@ -175,17 +175,17 @@ class Requirement:
             return self
         if self.public:
             return other
+        optional = self.optional and other.optional  # optional only if both spellings are
         if not (other.scopes or other.claims) or other in self.groups():
-            return self
-        if self.optional and not other.optional:
-            return other.needing(replace(self, optional=False))
-        if not (self.scopes or self.claims):
-            return replace(other, optional=self.optional and other.optional)
+            return self if self.optional == optional else replace(self, optional=optional)
+        if not (self.scopes or self.claims or self.also):
+            return replace(other, optional=optional)
         simple = not (self.any_of or other.any_of or other.also or self.claims or other.claims)
         if simple:
             merged = tuple(dict.fromkeys(self.scopes + other.scopes))
-            return replace(self, scopes=merged)
-        return replace(self, also=(*self.also, replace(other, optional=False, also=())))
+            return replace(self, scopes=merged, optional=optional)
+        extra = replace(other, optional=False, also=())
+        return replace(self, optional=optional, also=(*self.also, extra))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from .claims import ClaimRule
 from .errors import AuthError, ConfigurationError, InsufficientScope, InvalidToken
 from .fetch import KeySource, Transport, WarmUpError, check_url
 from .keys import CachePolicy, KeyCache, VerificationKey
-from .request import AUTHENTICATED, Anonymous, RequestView, Requirement, begin, settle
+from .request import Anonymous, RequestView, begin, settle
+from .rules import AUTHENTICATED, Requirement
 from .token import AccessToken
 from .verify import (
     DEFAULT_ALGORITHMS,

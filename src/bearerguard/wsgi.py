@@ -4,8 +4,8 @@ It returns the wrapped app's response iterable itself (never wrapped or buffered
 bodies and ``close()`` pass through untouched.
 
 WSGI cannot show several ``Authorization`` headers: servers join them into one value with
-``","`` or ``", "``. A comma is not token68, so the joined form is answered 400
-invalid_request, as several headers are in ASGI. Some servers (Apache mod_wsgi) drop the
+``","`` or ``", "``. A bearer value with a comma is taken for that (token68 has none) and
+answered 400 "several authorization headers", as in ASGI. Some servers (Apache mod_wsgi) drop the
 header unless told to pass it on (``WSGIPassAuthorization On``).
 """
 
@@ -32,7 +32,8 @@ __all__ = [
     "request_view",
 ]
 
-#: Where the verified ``AccessToken`` goes in the WSGI environ (``None`` on public paths).
+#: Where the verified ``AccessToken`` goes in the WSGI environ (``None`` on public paths and
+#: on optional ones without bearer credentials).
 ENVIRON_KEY = "bearerguard.token"
 
 
@@ -90,7 +91,6 @@ class BearerAuthMiddleware:
         view = request_view(environ)
         requirement = self.rules.requirement(view.method, request_path(environ))
         try:
-            # One header at most: several arrive joined with commas and fail token68 parsing.
             token = self.server.authorize(view, requirement)
         except AuthError as exc:
             status, headers, body = error_response_parts(exc)
