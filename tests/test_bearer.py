@@ -13,7 +13,6 @@ from bearerguard import (
     MissingToken,
     ResourceServer,
 )
-from bearerguard.bearer import single_authorization
 from bearerguard.testing import LocalIssuer
 
 LIMIT = 8192
@@ -181,13 +180,6 @@ def test_the_size_limit_is_configurable() -> None:
         issuer.resource_server(max_token_length=600).authenticate(f"Bearer {token}")
     roomy = issuer.resource_server(max_token_length=4096)
     assert roomy.authenticate(f"Bearer {token}").claims["padding"] == "x" * 600
-
-
-def test_several_authorization_headers_are_an_invalid_request() -> None:
-    assert single_authorization([]) is None
-    assert single_authorization(["Bearer abc"]) == "Bearer abc"
-    with pytest.raises(InvalidRequest):
-        single_authorization(["Bearer abc", "Bearer abc"])
 
 
 def test_errors_carry_the_servers_realm(issuer: LocalIssuer) -> None:

@@ -6,7 +6,7 @@ import re
 
 from .errors import AuthError, InvalidRequest, InvalidToken, MissingToken
 
-__all__ = ["parse_authorization", "single_authorization"]
+__all__ = ["credentials", "parse_authorization", "undecodable"]
 
 # token68 (RFC 9110 section 11.2): 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -71,10 +71,3 @@ def undecodable(token: str, error: InvalidToken) -> AuthError:
 
 
 _NOT_TOKEN68 = "bearer credentials must be a single token68 value"
-
-
-def single_authorization(values: list[str]) -> str | None:
-    """The one Authorization header value of a request; several are an InvalidRequest."""
-    if len(values) > 1:
-        raise InvalidRequest("several authorization headers")
-    return values[0] if values else None
