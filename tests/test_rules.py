@@ -335,3 +335,13 @@ def test_a_spelling_never_makes_an_optional_route_out_of_a_required_one() -> Non
     merged = scoped.requirement("GET", "/a/b/")
     assert not merged.optional
     assert [g.scopes for g in merged.groups()] == [("s",)]
+
+
+def test_remembered_answers_are_bounded_and_the_same_as_fresh_ones() -> None:
+    rules = RuleSet(list(RULES.rules))
+    for i in range(3000):  # paths a client makes up: the memo starts over, never grows past 1024
+        path = f"/orders/{i}"
+        assert rules.requirement("DELETE", path) == RULES._decide("DELETE", path, ())
+        assert len(rules._memo) <= 1024
+    assert rules.requirement("post", "/orders") is rules.requirement("post", "/orders")
+    assert rules.requirement("post", "/orders").scopes == ("write:orders",)

@@ -76,12 +76,24 @@ def authorization_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return values[0] if values else None
 
 
+class _ScopeURL:
+    """The request URL, worked out only if asked for (most requests never are)."""
+
+    __slots__ = ("scope",)
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+
+    def __call__(self) -> str:
+        return str(URL(scope=self.scope))
+
+
 def request_view(scope: Scope) -> RequestView:
     """What an HTTP or websocket scope carries for ``ResourceServer.authorize``."""
     return RequestView(
         scope.get("method", "GET") if scope["type"] == "http" else "GET",
         authorization_values(scope["headers"]),
-        url=lambda: str(URL(scope=scope)),
+        url=_ScopeURL(scope),
         path_params=scope.get("path_params") or NO_PARAMS,
         upstream=scope.get("auth"),
     )

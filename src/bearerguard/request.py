@@ -106,9 +106,13 @@ def _bearer(header: str | None) -> bool:
 
 def settle(token: AccessToken, view: RequestView, requirement: Requirement) -> AccessToken:
     """The route's scopes (all, or one with ``any_of``) and claim rules, group by group."""
+    held = token.scopes
     for group in requirement.groups():
-        if group.scopes and not token.has_scopes(*group.scopes, any_of=group.any_of):
-            raise InsufficientScope(group.scopes, any_of=group.any_of)
+        scopes = group.scopes
+        if scopes and not (
+            not held.isdisjoint(scopes) if group.any_of else held.issuperset(scopes)
+        ):
+            raise InsufficientScope(scopes, any_of=group.any_of)
         for rule in group.claims:
             if not rule.holds(token, view.path_params):
                 raise InsufficientScope(description=f"token fails a claim rule: {rule.description}")

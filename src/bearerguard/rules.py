@@ -283,6 +283,9 @@ class RuleSet:
         )
         # Only a rule that is not public can make another spelling need more.
         self._strengthening = any(not r.public for r in self.rules)
+        # Answers for recent (method, path) pairs: an API's hot paths are few. Bounded, and
+        # simply started over when full, so paths a client makes up cost what they did.
+        self._memo: dict[tuple[str, str, tuple[str, ...]], Requirement] = {}
         # When every rule is a regex: one alternation per method, tried in rule order, so the
         # first alternative that matches is the first rule that matches (one C call a path).
         self._combined: dict[str, tuple[re.Pattern[str], tuple[Requirement, ...]]] = {}
@@ -299,7 +302,17 @@ class RuleSet:
 
         ``others`` are further spellings the adapter knows a router might act on.
         """
-        method = method.upper()
+        key = (method, path, others)
+        found = self._memo.get(key)
+        if found is not None:
+            return found
+        found = self._decide(method.upper(), path, others)
+        if len(self._memo) >= 1024:
+            self._memo.clear()
+        self._memo[key] = found
+        return found
+
+    def _decide(self, method: str, path: str, others: tuple[str, ...]) -> Requirement:
         found = PUBLIC if path in self._public_exact else self._first(method, path)
         if self._strengthening:
             for other in others:

@@ -278,8 +278,9 @@ class ResourceServer:
                 return None
             if isinstance(found, AccessToken):
                 token = found
-            else:
-                token = await self.authenticate_async(found)
+            else:  # a token seen before needs no coroutine: the cache is looked up first
+                hit = self._cached(found) if found is not None else None
+                token = hit if hit is not None else await self.authenticate_async(found)
             return settle(token, view, requirement)
         except AuthError as exc:
             raise self.with_realm(exc) from None
