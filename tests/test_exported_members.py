@@ -16,6 +16,7 @@ def test_all_is_pinned() -> None:
         "InvalidToken",
         "IssuerUnavailable",
         "MissingToken",
+        "Reason",
         "ResourceServer",
         "WarmUpError",
         "require_scopes",

@@ -8,6 +8,7 @@ from .errors import (
     InvalidToken,
     IssuerUnavailable,
     MissingToken,
+    Reason,
 )
 from .fetch import WarmUpError
 from .server import ResourceServer
@@ -24,6 +25,7 @@ __all__ = [
     "InvalidToken",
     "IssuerUnavailable",
     "MissingToken",
+    "Reason",
     "ResourceServer",
     "WarmUpError",
     "require_scopes",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import AuthError, InvalidRequest, InvalidToken, MissingToken
+from .errors import AuthError, InvalidRequest, InvalidToken, MissingToken, Reason
 
 __all__ = ["credentials", "parse_authorization", "undecodable"]
 
@@ -55,7 +55,7 @@ def credentials(authorization: str | None, *, max_length: int) -> str:
     if not token:
         raise InvalidRequest("bearer token is empty")
     if len(token) > max_length:
-        raise InvalidToken("token too large")
+        raise InvalidToken("token too large", reason=Reason.TOKEN_TOO_LARGE)
     if not usual and not TOKEN68.fullmatch(token):
         raise InvalidRequest(_NOT_TOKEN68)
     return token

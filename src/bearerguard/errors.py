@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from enum import Enum
 from typing import Any, ClassVar
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "InvalidToken",
     "IssuerUnavailable",
     "MissingToken",
+    "Reason",
 ]
 
 
@@ -34,6 +36,34 @@ def render_challenge(scheme: str, params: Mapping[str, str]) -> str:
     return scheme + " " + ", ".join(f"{name}={_quote(value)}" for name, value in params.items())
 
 
+class Reason(str, Enum):
+    """Why a request was refused: one stable, machine-readable word for logs and metrics.
+
+    The README's table lists each with its status and RFC 6750 ``error``; responses keep
+    their ``error`` and ``error_description`` and do not show it.
+    """
+
+    MISSING_TOKEN = "missing_token"  # noqa: S105 (a reason, no secret): no header, or another scheme
+    MALFORMED_HEADER = "malformed_header"  # not "Bearer <token68>", or several headers
+    TOKEN_TOO_LARGE = "token_too_large"  # noqa: S105
+    MALFORMED_TOKEN = "malformed_token"  # noqa: S105 (not a JWT we can read, bad claim types)
+    UNSUPPORTED_ALG = "unsupported_alg"  # alg not allowed
+    WRONG_TYP = "wrong_typ"
+    UNKNOWN_KID = "unknown_kid"  # no published key for this kid (and algorithm)
+    BAD_SIGNATURE = "bad_signature"
+    ISSUER_MISMATCH = "issuer_mismatch"
+    AUDIENCE_MISMATCH = "audience_mismatch"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"  # nbf or iat in the future
+    MISSING_CLAIM = "missing_claim"
+    CLAIM_RULE = "claim_rule"  # a claim rule failed: the server's (401) or the route's (403)
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+    ISSUER_UNAVAILABLE = "issuer_unavailable"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class ConfigurationError(ValueError):
     """The library was configured in a way that cannot be safely used."""
 
@@ -48,10 +78,18 @@ class AuthError(Exception):
     status_code: ClassVar[int] = 401
     error: ClassVar[str | None] = None
     default_description: ClassVar[str] = "authentication failed"
+    default_reason: ClassVar[Reason] = Reason.MALFORMED_TOKEN
 
-    def __init__(self, description: str | None = None, *, realm: str | None = None) -> None:
+    def __init__(
+        self,
+        description: str | None = None,
+        *,
+        realm: str | None = None,
+        reason: Reason | None = None,
+    ) -> None:
         self.description = description or self.default_description
         self.realm = realm
+        self.reason = reason or self.default_reason
         super().__init__(self.description)
 
     def challenge_params(self) -> dict[str, str]:
@@ -103,6 +141,7 @@ class MissingToken(AuthError):
     status_code = 401
     error = None
     default_description = "bearer token required"
+    default_reason = Reason.MISSING_TOKEN
 
     @property
     def json_error(self) -> str:
@@ -115,6 +154,7 @@ class InvalidRequest(AuthError):
     status_code = 400
     error = "invalid_request"
     default_description = "malformed authorization header"
+    default_reason = Reason.MALFORMED_HEADER
 
 
 class InvalidToken(AuthError):
@@ -132,6 +172,7 @@ class InsufficientScope(AuthError):
     status_code = 403
     error = "insufficient_scope"
     default_description = "insufficient scope"
+    default_reason = Reason.INSUFFICIENT_SCOPE
 
     def __init__(
         self,
@@ -140,13 +181,14 @@ class InsufficientScope(AuthError):
         *,
         any_of: bool = False,
         realm: str | None = None,
+        reason: Reason | None = None,
     ) -> None:
         self.required = tuple(required)
         self.any_of = any_of
         if description is None:
             kind = "one of the scopes" if any_of else "the scopes"
             description = f"token lacks {kind}: {' '.join(self.required)}"
-        super().__init__(description, realm=realm)
+        super().__init__(description, realm=realm, reason=reason)
 
     def challenge_params(self) -> dict[str, str]:
         params = super().challenge_params()
@@ -167,6 +209,7 @@ class IssuerUnavailable(AuthError):
     status_code = 503
     error = None
     default_description = "the token issuer is unavailable; try again later"
+    default_reason = Reason.ISSUER_UNAVAILABLE
 
     def __init__(
         self, description: str | None = None, *, retry_after: int = 30, realm: str | None = None

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from .errors import InvalidToken, IssuerUnavailable
+from .errors import InvalidToken, IssuerUnavailable, Reason
 
 __all__ = ["HASHES", "CachePolicy", "KeyCache", "KeySet", "VerificationKey"]
 
@@ -273,7 +273,10 @@ class CachePolicy:
 def _found(keys: KeySet, kid: str | None) -> VerificationKey:
     key = keys.find(kid)
     if key is None:
-        raise InvalidToken("unknown signing key" if kid is not None else "token has no kid")
+        raise InvalidToken(
+            "unknown signing key" if kid is not None else "token has no kid",
+            reason=Reason.UNKNOWN_KID,
+        )
     return key
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .claims import NO_PARAMS
-from .errors import InsufficientScope, InvalidRequest
+from .errors import InsufficientScope, InvalidRequest, Reason
 from .rules import Requirement
 from .token import AccessToken
 
@@ -115,5 +115,8 @@ def settle(token: AccessToken, view: RequestView, requirement: Requirement) -> A
             raise InsufficientScope(scopes, any_of=group.any_of)
         for rule in group.claims:
             if not rule.holds(token, view.path_params):
-                raise InsufficientScope(description=f"token fails a claim rule: {rule.description}")
+                raise InsufficientScope(
+                    description=f"token fails a claim rule: {rule.description}",
+                    reason=Reason.CLAIM_RULE,
+                )
     return token

@@ -12,7 +12,7 @@ import httpx
 
 from .bearer import credentials, undecodable
 from .claims import ClaimRule
-from .errors import AuthError, ConfigurationError, InsufficientScope, InvalidToken
+from .errors import AuthError, ConfigurationError, InsufficientScope, InvalidToken, Reason
 from .fetch import KeySource, Transport, WarmUpError, check_url
 from .keys import CachePolicy, KeyCache, VerificationKey
 from .request import Anonymous, RequestView, begin, settle
@@ -367,7 +367,7 @@ class ResourceServer:
 
     def _raw(self, token: str) -> str:
         if len(token) > self.max_token_length:
-            raise InvalidToken("token too large")
+            raise InvalidToken("token too large", reason=Reason.TOKEN_TOO_LARGE)
         return token
 
     def _start(self, token: str, header: str | None) -> AccessToken | _Pending:
@@ -446,7 +446,10 @@ class ResourceServer:
         access = check_claims(step.payload, self.options, now, server=self)
         for rule in self.claim_rules:  # before caching: a token failing one is never cached
             if not rule.holds(access):
-                raise InvalidToken(f"token fails a claim rule of this API: {rule.description}")
+                raise InvalidToken(
+                    f"token fails a claim rule of this API: {rule.description}",
+                    reason=Reason.CLAIM_RULE,
+                )
         if step.cache_key is not None:
             self._remember(step.cache_key, access, now)
         return access

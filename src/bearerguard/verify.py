@@ -18,7 +18,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 
-from .errors import ConfigurationError, InvalidToken
+from .errors import ConfigurationError, InvalidToken, Reason
 from .keys import VerificationKey
 from .token import AccessToken
 
@@ -225,7 +225,7 @@ def check_header(header: Mapping[str, Any], options: VerifyOptions) -> str:
     """Apply the JOSE header rules; return the algorithm."""
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in options.algorithms:
-        raise InvalidToken("signing algorithm not allowed")
+        raise InvalidToken("signing algorithm not allowed", reason=Reason.UNSUPPORTED_ALG)
     if "crit" in header:
         crit = header["crit"]
         if (
@@ -242,14 +242,15 @@ def check_header(header: Mapping[str, Any], options: VerifyOptions) -> str:
     typ = header.get("typ")
     if typ is None:
         if options.require_typ:
-            raise InvalidToken("token type must be at+jwt")
+            raise InvalidToken("token type must be at+jwt", reason=Reason.WRONG_TYP)
     elif not isinstance(typ, str):
-        raise InvalidToken("token type is not valid")
+        raise InvalidToken("token type is not valid", reason=Reason.WRONG_TYP)
     else:
         allowed = ACCESS_TOKEN_TYPES if options.require_typ else PLAIN_TYPES
         if typ.lower() not in allowed:
             raise InvalidToken(
-                "token type must be at+jwt" if options.require_typ else "token type not accepted"
+                "token type must be at+jwt" if options.require_typ else "token type not accepted",
+                reason=Reason.WRONG_TYP,
             )
     return alg
 
@@ -258,11 +259,13 @@ def check_signature(signature: bytes, signing_input: bytes, alg: str, key: Verif
     """Verify ``signature`` over ``signing_input`` with ``key``, which must fit ``alg``."""
     verifier = key.verifiers.get(alg)
     if verifier is None:
-        raise InvalidToken("signing key does not fit the token's algorithm")
+        raise InvalidToken(
+            "signing key does not fit the token's algorithm", reason=Reason.UNKNOWN_KID
+        )
     try:
         verifier(signature, signing_input)
     except InvalidSignature:
-        raise InvalidToken("signature verification failed") from None
+        raise InvalidToken("signature verification failed", reason=Reason.BAD_SIGNATURE) from None
 
 
 _MAX_SAFE = 2**53
@@ -318,9 +321,11 @@ def check_issuer(payload: Mapping[str, Any], options: VerifyOptions) -> str:
     """``iss`` must equal a configured issuer exactly."""
     iss = payload.get("iss")
     if not isinstance(iss, str):
-        raise InvalidToken("issuer missing" if iss is None else "issuer must be a string")
+        if iss is None:
+            raise InvalidToken("issuer missing", reason=Reason.MISSING_CLAIM)
+        raise InvalidToken("issuer must be a string")
     if iss not in options.issuers:
-        raise InvalidToken("issuer mismatch")
+        raise InvalidToken("issuer mismatch", reason=Reason.ISSUER_MISMATCH)
     return iss
 
 
@@ -338,26 +343,26 @@ def check_claims(
     elif isinstance(aud, list) and aud and all(isinstance(a, str) for a in aud):
         audience = tuple(aud)
     elif aud is None:
-        raise InvalidToken("audience missing")
+        raise InvalidToken("audience missing", reason=Reason.MISSING_CLAIM)
     else:
         raise InvalidToken("audience must be a string or a list of strings")
     if options.audiences.isdisjoint(audience):
-        raise InvalidToken("audience mismatch")
+        raise InvalidToken("audience mismatch", reason=Reason.AUDIENCE_MISMATCH)
 
     if "exp" not in payload:
-        raise InvalidToken("expiry (exp) missing")
+        raise InvalidToken("expiry (exp) missing", reason=Reason.MISSING_CLAIM)
     leeway = options.leeway
     exp = _numeric_date(payload["exp"], "exp")
     if now >= exp + leeway:
-        raise InvalidToken("token expired")
+        raise InvalidToken("token expired", reason=Reason.EXPIRED)
     if "nbf" in payload and now + leeway < _numeric_date(payload["nbf"], "nbf"):
-        raise InvalidToken("token not yet valid")
+        raise InvalidToken("token not yet valid", reason=Reason.NOT_YET_VALID)
     if "iat" in payload and now + leeway < _numeric_date(payload["iat"], "iat"):
-        raise InvalidToken("token issued in the future")
+        raise InvalidToken("token issued in the future", reason=Reason.NOT_YET_VALID)
 
     for name in options.required_claims:
         if payload.get(name) is None:
-            raise InvalidToken(f"{name} claim missing")
+            raise InvalidToken(f"{name} claim missing", reason=Reason.MISSING_CLAIM)
     for name in _STRING_CLAIMS:
         if name in payload and not isinstance(payload[name], str):
             raise InvalidToken(f"{name} must be a string")
