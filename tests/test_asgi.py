@@ -28,7 +28,8 @@ from bearerguard.testing import LocalIssuer
 
 NOW = 1_800_000_000.0
 AUDIENCE = "https://api.test"
-REALM_CHALLENGE = f'Bearer realm="{AUDIENCE}"'
+METADATA = f'resource_metadata="{AUDIENCE}/.well-known/oauth-protected-resource"'
+REALM_CHALLENGE = f'Bearer realm="{AUDIENCE}", {METADATA}'  # where the metadata is, too
 
 
 def clock() -> float:
@@ -514,7 +515,8 @@ def test_errors_are_identical_across_adapters(
     if error is None:
         assert first["www-authenticate"] == REALM_CHALLENGE
     else:
-        assert first["www-authenticate"].startswith(f'{REALM_CHALLENGE}, error="{error}"')
+        assert first["www-authenticate"].startswith(f'Bearer realm="{AUDIENCE}", error="{error}"')
+        assert first["www-authenticate"].endswith(METADATA) == (first["status"] in (401, 403))
         assert first["body"]["error"] == error
     if case == "insufficient":
         assert 'scope="read"' in first["www-authenticate"]

@@ -126,14 +126,20 @@ def test_another_scheme_is_a_missing_token_with_a_bare_challenge(
     assert isinstance(error, MissingToken)
     assert error.status_code == 401
     assert error.error is None
-    assert error.www_authenticate == 'Bearer realm="https://api.test"'
+    assert (
+        error.www_authenticate
+        == 'Bearer realm="https://api.test", resource_metadata="https://api.test/.well-known/oauth-protected-resource"'
+    )
 
 
 @pytest.mark.parametrize("header", [None, "", "   "])
 def test_absent_header_is_a_missing_token(server: ResourceServer, header: str | None) -> None:
     error = rejected(server, header)
     assert isinstance(error, MissingToken)
-    assert error.www_authenticate == 'Bearer realm="https://api.test"'
+    assert (
+        error.www_authenticate
+        == 'Bearer realm="https://api.test", resource_metadata="https://api.test/.well-known/oauth-protected-resource"'
+    )
     assert "error=" not in error.www_authenticate
 
 
@@ -186,4 +192,7 @@ def test_errors_carry_the_servers_realm(issuer: LocalIssuer) -> None:
     server: ResourceServer = issuer.resource_server(realm="shop")
     with pytest.raises(MissingToken) as info:
         server.authenticate(None)
-    assert info.value.www_authenticate == 'Bearer realm="shop"'
+    assert (
+        info.value.www_authenticate
+        == 'Bearer realm="shop", resource_metadata="https://api.test/.well-known/oauth-protected-resource"'
+    )

@@ -32,6 +32,7 @@ from bearerguard.testing import LocalIssuer
 
 AUDIENCE = "https://api.test"
 NOW = 1_800_000_000.0
+META = f'resource_metadata="{AUDIENCE}/.well-known/oauth-protected-resource"'
 
 
 def clock() -> float:
@@ -128,7 +129,7 @@ def test_optional_with_several_authorization_headers_is_a_bad_request(issuer: Lo
 def test_not_optional_without_credentials_is_a_bare_401(issuer: LocalIssuer) -> None:
     found = outcome(issuer.resource_server(), view(), Requirement(scopes=("read",)))
     assert isinstance(found, MissingToken)
-    assert found.www_authenticate == f'Bearer realm="{AUDIENCE}"'
+    assert found.www_authenticate == f'Bearer realm="{AUDIENCE}", {META}'
 
 
 # -- claim rules on a route: 403 naming the rule ---------------------------------------------------
@@ -145,7 +146,7 @@ def test_a_failed_route_rule_is_403_naming_it_without_scope_or_claim_values(
     assert found.status_code == 403
     assert found.www_authenticate == (
         f'Bearer realm="{AUDIENCE}", error="insufficient_scope", '
-        "error_description=\"token fails a claim rule: roles must include 'admin'\""
+        "error_description=\"token fails a claim rule: roles must include 'admin'\", " + META
     )
     body = json.loads(found.to_json())
     assert body == {
@@ -258,7 +259,7 @@ def test_a_failed_server_rule_is_401_invalid_token_and_not_cached(issuer: LocalI
             server.authenticate(f"Bearer {other}")
         assert info.value.www_authenticate == (
             f'Bearer realm="{AUDIENCE}", error="invalid_token", '
-            'error_description="token fails a claim rule of this API: tenant must be acme"'
+            'error_description="token fails a claim rule of this API: tenant must be acme", ' + META
         )
     assert checked == ["other", "other"]  # checked again: a failing token is never cached
     good = issuer.mint("read", tenant="acme")

@@ -311,7 +311,8 @@ def test_verifies_again_a_token_another_server_verified(issuer: LocalIssuer) -> 
 
 ADMIN_CHALLENGE = (
     f'Bearer realm="{AUDIENCE}", error="insufficient_scope", '
-    'error_description="token lacks the scopes: admin", scope="admin"'
+    'error_description="token lacks the scopes: admin", scope="admin", '
+    f'resource_metadata="{AUDIENCE}/.well-known/oauth-protected-resource"'
 )
 ADMIN_BODY = {
     "error": "insufficient_scope",

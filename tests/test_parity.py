@@ -65,6 +65,7 @@ NOW = 1_800_000_000.0
 AUDIENCE = "https://api.test"
 OTHER_API = "https://other.api"
 REALM = f'Bearer realm="{AUDIENCE}"'
+METADATA = f', resource_metadata="{AUDIENCE}/.well-known/oauth-protected-resource"'
 
 ADAPTERS = ("asgi", "starlette", "fastapi", "wsgi", "flask")
 ROUTE_LEVEL = ("starlette", "fastapi", "flask")
@@ -363,6 +364,12 @@ def check(answer: Mapping[str, Any], expect: Expect) -> None:
     assert answer["content-type"] == "application/json"
     assert answer["cache-control"] == "no-store"
     assert set(body) >= {"error", "error_description"}
+    # RFC 9728 section 5.1: every 401 and 403 challenge says where the metadata is, last.
+    if expect.status in (401, 403):
+        assert challenge.endswith(METADATA), challenge
+        challenge = challenge[: -len(METADATA)]
+    else:
+        assert "resource_metadata" not in challenge
     if expect.error is None:
         assert challenge == REALM  # a bare challenge: no error code, no description
         assert body["error"] in ("invalid_request", "temporarily_unavailable")
@@ -901,7 +908,7 @@ WS_ROWS = [
         (
             "denied",
             401,
-            REALM,
+            REALM + METADATA,
             None,
             {"error": "invalid_request", "error_description": "bearer token required"},
         ),
@@ -912,7 +919,8 @@ WS_ROWS = [
         (
             "denied",
             401,
-            f'{REALM}, error="invalid_token", error_description="signature verification failed"',
+            f'{REALM}, error="invalid_token", error_description="signature verification failed"'
+            + METADATA,
             None,
             {"error": "invalid_token", "error_description": "signature verification failed"},
         ),
@@ -924,7 +932,7 @@ WS_ROWS = [
             "denied",
             403,
             f'{REALM}, error="insufficient_scope", error_description="token lacks the scopes:'
-            f' read", scope="read"',
+            f' read", scope="read"' + METADATA,
             None,
             {
                 "error": "insufficient_scope",

@@ -232,7 +232,9 @@ def test_issuer_unavailable_is_503_with_retry_after(issuer: LocalIssuer, inner: 
 
 def test_realm_comes_from_the_server(issuer: LocalIssuer, inner: Recorder) -> None:
     client = Client(BearerAuthMiddleware(inner, issuer.resource_server(realm="shop")))
-    assert client.get("/x").headers["WWW-Authenticate"] == 'Bearer realm="shop"'
+    assert client.get("/x").headers["WWW-Authenticate"] == (
+        'Bearer realm="shop", resource_metadata="https://api.test/.well-known/oauth-protected-resource"'
+    )
     response = client.get("/x", headers={"Authorization": "Bearer a b"})
     assert response.headers["WWW-Authenticate"].startswith('Bearer realm="shop", error=')
 

@@ -90,6 +90,8 @@ class AuthError(Exception):
         self.description = description or self.default_description
         self.realm = realm
         self.reason = reason or self.default_reason
+        # RFC 9728 section 5.1: where a client finds this resource's metadata (401 and 403).
+        self.resource_metadata: str | None = None
         super().__init__(self.description)
 
     def challenge_params(self) -> dict[str, str]:
@@ -102,10 +104,15 @@ class AuthError(Exception):
             params["error_description"] = self.description
         return params
 
+    def _with_metadata(self, params: dict[str, str]) -> dict[str, str]:
+        if self.resource_metadata is not None and self.status_code in (401, 403):
+            params["resource_metadata"] = self.resource_metadata
+        return params
+
     @property
     def www_authenticate(self) -> str:
-        """The ``WWW-Authenticate`` header value (RFC 6750 section 3)."""
-        return render_challenge("Bearer", self.challenge_params())
+        """The ``WWW-Authenticate`` header value (RFC 6750 section 3, RFC 9728 section 5.1)."""
+        return render_challenge("Bearer", self._with_metadata(self.challenge_params()))
 
     @property
     def headers(self) -> dict[str, str]:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -15,6 +16,7 @@ from .claims import ClaimRule
 from .errors import AuthError, ConfigurationError, InsufficientScope, InvalidToken, Reason
 from .fetch import KeySource, Transport, WarmUpError, check_url
 from .keys import CachePolicy, KeyCache, VerificationKey
+from .metadata import ResourceMetadata, metadata_url
 from .request import Anonymous, RequestView, begin, settle
 from .rules import AUTHENTICATED, Requirement
 from .token import AccessToken
@@ -84,6 +86,13 @@ class ResourceServer:
         required_claims: Sequence[str] = (),
         claim_rules: Sequence[ClaimRule] = (),
         realm: str | None = None,
+        resource: str | None = None,
+        resource_metadata: bool | str = True,
+        scopes_supported: Iterable[str] = (),
+        resource_name: str | None = None,
+        resource_documentation: str | None = None,
+        resource_policy_uri: str | None = None,
+        resource_tos_uri: str | None = None,
         max_token_length: int = 8192,
         token_cache_size: int = 4096,
         token_cache_ttl: float = 300.0,
@@ -127,6 +136,17 @@ class ResourceServer:
         self.issuers = issuers
         self.audiences = _strings(audience, "audience")
         self.realm = realm if realm is not None else self.audiences[0]
+        self._describe_resource(
+            resource,
+            resource_metadata,
+            scopes_supported,
+            {
+                "resource_name": resource_name,
+                "resource_documentation": resource_documentation,
+                "resource_policy_uri": resource_policy_uri,
+                "resource_tos_uri": resource_tos_uri,
+            },
+        )
         if isinstance(max_token_length, bool) or not 512 <= max_token_length <= 1 << 20:
             raise ConfigurationError("max_token_length must be between 512 and 1048576")
         self.max_token_length = max_token_length
@@ -285,6 +305,67 @@ class ResourceServer:
         except AuthError as exc:
             raise self.with_realm(exc) from None
 
+    # -- RFC 9728: what this resource says about itself -------------------------------------------
+
+    def _describe_resource(
+        self,
+        resource: str | None,
+        publish: bool | str,
+        scopes: Iterable[str],
+        extra: dict[str, str | None],
+    ) -> None:
+        explicit = resource is not None
+        self.resource = resource if resource is not None else self.audiences[0]
+        try:
+            check_url(self.resource, "resource")
+            is_url = "#" not in self.resource
+        except ConfigurationError:
+            is_url = False
+        if explicit and not is_url:
+            raise ConfigurationError(
+                f"resource must be an https:// URL without a fragment (RFC 9728): {resource!r}"
+            )
+        for name, value in extra.items():
+            if value is not None and name != "resource_name":
+                check_url(value, name)
+        self._metadata_extra = extra
+        scopes = (scopes,) if isinstance(scopes, str) else tuple(scopes)
+        if not all(isinstance(s, str) and s and " " not in s for s in scopes):
+            raise ConfigurationError("scopes_supported takes scope names (strings, no spaces)")
+        self._declared: dict[str, None] = dict.fromkeys(scopes)
+        if publish is False:
+            self.metadata_url: str | None = None
+        elif isinstance(publish, str):
+            self.metadata_url = check_url(publish, "resource_metadata")
+        elif publish is True:
+            # Derived from the resource when it is a URL; an audience such as "api://x" has
+            # no metadata URL, and then challenges simply carry none.
+            self.metadata_url = metadata_url(self.resource) if is_url else None
+        else:
+            raise ConfigurationError("resource_metadata must be True, False or an absolute URL")
+
+    def declare_scopes(self, scopes: Iterable[str]) -> None:
+        """Scopes the app's rules, decorators and dependencies use: ``scopes_supported``."""
+        for scope in scopes:
+            if isinstance(scope, str) and scope:
+                self._declared.setdefault(scope, None)
+
+    def metadata(self) -> ResourceMetadata | None:
+        """The RFC 9728 document's contents, or None when publishing is switched off."""
+        if self.metadata_url is None:
+            return None
+        return ResourceMetadata(
+            resource=self.resource,
+            authorization_servers=self.issuers,
+            scopes_supported=tuple(self._declared),
+            **self._metadata_extra,  # type: ignore[arg-type]
+        )
+
+    @property
+    def metadata_path(self) -> str | None:
+        """The path the document is served at (from ``metadata_url``), or None."""
+        return None if self.metadata_url is None else urlsplit(self.metadata_url).path
+
     # -- start-up -------------------------------------------------------------------------------
 
     def warm_up(self) -> None:
@@ -332,10 +413,10 @@ class ResourceServer:
     def check_scopes(
         self, token: AccessToken, scopes: str | Iterable[str], *, any_of: bool = False
     ) -> None:
-        """``require_scopes`` with this server's realm in the challenge."""
+        """``require_scopes`` with this server's challenge parameters (realm, metadata)."""
         required = tuple(scopes.split()) if isinstance(scopes, str) else tuple(scopes)
         if not token.has_scopes(*required, any_of=any_of):
-            raise InsufficientScope(required, any_of=any_of, realm=self.realm)
+            raise self.with_realm(InsufficientScope(required, any_of=any_of))
 
     def check_face(self, face: str) -> None:
         """Raise ConfigurationError unless keys can be fetched from ``face``.
@@ -357,9 +438,12 @@ class ResourceServer:
     # -- the steps, shared by both faces --------------------------------------------------------
 
     def with_realm(self, exc: AuthError) -> AuthError:
-        """Fill in this server's realm on an error raised elsewhere (e.g. by require_scopes)."""
+        """Fill in this server's challenge parameters (realm, RFC 9728 ``resource_metadata``)
+        on an error raised elsewhere (e.g. by require_scopes)."""
         if exc.realm is None:
             exc.realm = self.realm
+        if exc.resource_metadata is None:
+            exc.resource_metadata = self.metadata_url
         return exc
 
     def _credentials(self, authorization: str | None) -> str:

@@ -1,0 +1,133 @@
+"""RFC 9728 protected-resource metadata: the URL, the document, the challenges."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bearerguard import ConfigurationError, MissingToken, ResourceServer
+from bearerguard.metadata import ResourceMetadata, metadata_url, respond
+
+ISSUER = "https://tenant.logto.app/oidc"
+
+
+@pytest.mark.parametrize(
+    ("resource", "url"),
+    [
+        ("https://shopping.api", "https://shopping.api/.well-known/oauth-protected-resource"),
+        ("https://shopping.api/", "https://shopping.api/.well-known/oauth-protected-resource"),
+        (
+            "https://api.example.com/v1/mcp",
+            "https://api.example.com/.well-known/oauth-protected-resource/v1/mcp",
+        ),
+        (
+            "https://api.example.com/v1/mcp/",
+            "https://api.example.com/.well-known/oauth-protected-resource/v1/mcp",
+        ),
+        (
+            "https://api.example.com:8443/a?tenant=x",
+            "https://api.example.com:8443/.well-known/oauth-protected-resource/a?tenant=x",
+        ),
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000/.well-known/oauth-protected-resource"),
+    ],
+)
+def test_the_well_known_path_goes_between_host_and_path(resource: str, url: str) -> None:
+    """RFC 9728 section 3.1."""
+    assert metadata_url(resource) == url
+
+
+def test_empty_members_are_left_out() -> None:
+    """RFC 9728 section 3.2: zero-value members are omitted."""
+    document = ResourceMetadata("https://shopping.api", (ISSUER,)).document()
+    assert document == {
+        "resource": "https://shopping.api",
+        "authorization_servers": [ISSUER],
+        "bearer_methods_supported": ["header"],
+    }
+
+
+def test_the_server_describes_itself() -> None:
+    server = ResourceServer(
+        ISSUER,
+        ["https://shopping.api", "https://other.api"],
+        scopes_supported=["read:products"],
+        resource_name="Shopping API",
+        resource_documentation="https://docs.shop.example/api",
+    )
+    server.declare_scopes(["write:products", "read:products"])
+    metadata = server.metadata()
+    assert metadata is not None
+    assert metadata.document() == {
+        "resource": "https://shopping.api",  # the first audience
+        "authorization_servers": [ISSUER],
+        "scopes_supported": ["read:products", "write:products"],
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Shopping API",
+        "resource_documentation": "https://docs.shop.example/api",
+    }
+    assert server.metadata_url == "https://shopping.api/.well-known/oauth-protected-resource"
+    assert server.metadata_path == "/.well-known/oauth-protected-resource"
+
+
+def test_every_401_and_403_challenge_says_where_the_metadata_is() -> None:
+    server = ResourceServer(ISSUER, "https://shopping.api")
+    with pytest.raises(MissingToken) as info:
+        server.authenticate(None)
+    assert info.value.www_authenticate == (
+        'Bearer realm="https://shopping.api", '
+        'resource_metadata="https://shopping.api/.well-known/oauth-protected-resource"'
+    )
+
+
+def test_an_explicit_url_for_an_api_served_behind_another_name() -> None:
+    url = "https://gateway.example/shop/.well-known/oauth-protected-resource"
+    server = ResourceServer(ISSUER, "https://shopping.api", resource_metadata=url)
+    assert server.metadata_url == url
+    with pytest.raises(MissingToken) as info:
+        server.authenticate(None)
+    assert info.value.www_authenticate.endswith(f'resource_metadata="{url}"')
+
+
+def test_switched_off_or_no_url_resource_means_no_metadata() -> None:
+    off = ResourceServer(ISSUER, "https://shopping.api", resource_metadata=False)
+    assert off.metadata() is None
+    with pytest.raises(MissingToken) as info:
+        off.authenticate(None)
+    assert "resource_metadata" not in info.value.www_authenticate
+    urn = ResourceServer(ISSUER, "api://shopping")  # an audience that is no URL
+    assert urn.metadata_url is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"resource": "api://shopping"},
+        {"resource": "https://shopping.api#x"},
+        {"resource": "http://shopping.api"},
+        {"resource_metadata": "ftp://x"},
+        {"resource_metadata": 3},
+        {"scopes_supported": ["read write"]},
+        {"resource_documentation": "javascript:alert(1)"},
+    ],
+)
+def test_bad_metadata_settings_fail_at_start_up(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        ResourceServer(ISSUER, "https://shopping.api", **kwargs)  # type: ignore[arg-type]
+
+
+def test_responses_for_each_method() -> None:
+    metadata = ResourceMetadata("https://shopping.api", (ISSUER,), ("read:products",))
+    status, headers, body = respond("GET", metadata)
+    assert status == 200
+    assert dict(headers)["content-type"] == "application/json"
+    assert dict(headers)["access-control-allow-origin"] == "*"
+    assert dict(headers)["cache-control"] == "public, max-age=3600"
+    assert json.loads(body)["scopes_supported"] == ["read:products"]
+    assert respond("HEAD", metadata)[2] == b""
+    status, headers, body = respond("OPTIONS", metadata)
+    assert (status, body) == (204, b"")
+    assert dict(headers)["access-control-allow-origin"] == "*"
+    status, headers, _ = respond("POST", metadata)
+    assert status == 405
+    assert dict(headers)["allow"] == "GET, HEAD, OPTIONS"
