@@ -13,6 +13,7 @@ from starlette.datastructures import URL
 
 from .claims import NO_PARAMS
 from .errors import AuthError, InvalidRequest
+from .metadata import respond
 from .request import RequestView
 from .rules import Rule, RuleSet
 from .server import ResourceServer
@@ -25,6 +26,7 @@ __all__ = [
     "authorization_values",
     "request_view",
     "route_path",
+    "send_metadata",
     "store",
 ]
 
@@ -138,6 +140,20 @@ def _spellings(scope: Scope) -> tuple[str, ...]:
     return (routed,)
 
 
+def _is_metadata_path(scope: Scope, path: str | None) -> bool:
+    return path is not None and (scope["path"] == path or route_path(scope) == path)
+
+
+async def send_metadata(server: ResourceServer, scope: Scope, send: Send) -> None:
+    """Answer the RFC 9728 document (GET/HEAD), its CORS preflight, or 405."""
+    metadata = server.metadata()
+    assert metadata is not None
+    status, headers, body = respond(scope.get("method", "GET"), metadata)
+    raw = [(name.encode(), value.encode()) for name, value in headers]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
 def error_response_parts(exc: AuthError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, raw headers and body of the response for ``exc``."""
     body = exc.to_json().encode()
@@ -183,11 +199,15 @@ class BearerAuthMiddleware:
         self.app = app
         self.server = server
         self.rules = RuleSet(rules, public)
+        server.declare_scopes(s for rule in self.rules.rules for s in rule.requirement.scopes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
+            return
+        if kind == "http" and _is_metadata_path(scope, self.server.metadata_path):
+            await send_metadata(self.server, scope, send)  # public, even under deny-by-default
             return
         view = request_view(scope)
         requirement = self.rules.requirement(view.method, *_spellings(scope))

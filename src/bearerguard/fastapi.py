@@ -133,6 +133,7 @@ class BearerAuth(OAuth2):
             auto_error=False,
         )
         self.server = server
+        server.declare_scopes(scopes or ())
         self.require_any = False
         self.is_optional = False
         self.claim_rules: tuple[ClaimRule, ...] = ()
@@ -187,6 +188,7 @@ class BearerAuth(OAuth2):
         scopes = tuple(security_scopes.scopes)
         requirement = self._requirements.get(scopes)
         if requirement is None:
+            self.server.declare_scopes(scopes)
             requirement = self._requirements[scopes] = Requirement(
                 scopes=scopes,
                 any_of=self.require_any,

@@ -25,6 +25,7 @@ from flask import Flask, Response, current_app, g, has_request_context, request
 
 from .claims import NO_PARAMS, ClaimRule
 from .errors import AuthError, ConfigurationError
+from .metadata import respond
 from .request import RequestView
 from .rules import Requirement, Rule, RuleSet
 from .server import ResourceServer
@@ -165,8 +166,14 @@ class BearerGuard:
         rules = list(rules)
         if (public or rules) and not protect_all:
             raise ConfigurationError("public= and rules= apply only with protect_all=True")
-        self.public_endpoints = frozenset(p for p in public if not p.startswith("/"))
+        self.public_endpoints = frozenset(
+            [METADATA_ENDPOINT, *(p for p in public if not p.startswith("/"))]
+        )
         self.rules = RuleSet(rules, [p for p in public if p.startswith("/")])
+        self._scopes: dict[str, None] = dict.fromkeys(
+            s for rule in self.rules.rules for s in rule.requirement.scopes
+        )
+        self._servers: list[ResourceServer] = []  # of the apps this guard is attached to
         if app is not None:
             self.init_app(app)
 
@@ -177,6 +184,17 @@ class BearerGuard:
             server.check_face("sync")  # Flask verifies in its worker threads
             app.extensions[EXTENSION_KEY] = server
             app.register_error_handler(AuthError, _handle_auth_error)
+            if server.metadata_path is not None and METADATA_ENDPOINT not in app.view_functions:
+                app.add_url_rule(
+                    server.metadata_path,
+                    endpoint=METADATA_ENDPOINT,
+                    view_func=_metadata,
+                    methods=["GET", "HEAD", "OPTIONS"],
+                    provide_automatic_options=False,
+                )
+        server = app.extensions[EXTENSION_KEY]
+        server.declare_scopes(self._scopes)
+        self._servers.append(server)
         if self.protect_all:
             app.before_request(self._protect)
 
@@ -209,6 +227,9 @@ class BearerGuard:
         requirement = Requirement(
             scopes=required, any_of=any_of, optional=optional, claims=tuple(claims)
         )
+        self._scopes.update(dict.fromkeys(required))
+        for server in self._servers:  # scopes_supported of the RFC 9728 document
+            server.declare_scopes(required)
 
         def decorate(view: F) -> F:
             if inspect.iscoroutinefunction(view):
@@ -277,6 +298,17 @@ class BearerGuard:
             g.access_token = None
             return None
         return self._authorize(requirement)
+
+
+METADATA_ENDPOINT = "bearerguard_metadata"
+
+
+def _metadata() -> Response:
+    """The RFC 9728 document (GET/HEAD), its CORS preflight, or 405; always public."""
+    server = current_app.extensions[EXTENSION_KEY]
+    status, headers, body = respond(request.method, server.metadata())
+    response: Response = current_app.response_class(body, status=status, headers=headers)
+    return response
 
 
 def _handle_auth_error(exc: AuthError) -> Response:

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
 from .asgi import request_view, send_error, store
 from .claims import ClaimRule
-from .errors import AuthError
+from .errors import AuthError, ConfigurationError
+from .metadata import respond
 from .rules import Requirement
 from .server import ResourceServer
 
-__all__ = ["Protect", "error_response"]
+__all__ = ["Protect", "error_response", "metadata_endpoint"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,6 +37,22 @@ def _connection(args: Sequence[Any], kwargs: dict[str, Any]) -> HTTPConnection:
         if isinstance(value, HTTPConnection):
             return value
     raise TypeError("a protected endpoint must receive a starlette Request")
+
+
+def metadata_endpoint(server: ResourceServer) -> Callable[[Request], Awaitable[Response]]:
+    """The RFC 9728 document as an endpoint, for apps without ``BearerAuthMiddleware``:
+    ``app.add_route(server.metadata_path, metadata_endpoint(server),
+    methods=["GET", "HEAD", "OPTIONS"], include_in_schema=False)``."""
+    if server.metadata_path is None:
+        raise ConfigurationError("this server publishes no metadata (resource_metadata=False?)")
+
+    async def metadata(request: Request) -> Response:
+        document = server.metadata()
+        assert document is not None
+        status, headers, body = respond(request.method, document)
+        return Response(body, status, dict(headers))
+
+    return metadata
 
 
 class Protect:
@@ -64,6 +81,7 @@ class Protect:
         requirement = Requirement(
             scopes=required, any_of=any_of, optional=optional, claims=tuple(claims)
         )
+        server.declare_scopes(required)
 
         def decorate(endpoint: F) -> F:
             if inspect.iscoroutinefunction(endpoint):

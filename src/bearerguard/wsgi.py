@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from wsgiref.util import request_uri
 
 from .errors import AuthError
+from .metadata import respond
 from .request import RequestView
 from .rules import Rule, RuleSet
 from .server import ResourceServer
@@ -28,6 +29,7 @@ __all__ = [
     "ENVIRON_KEY",
     "BearerAuthMiddleware",
     "error_response_parts",
+    "metadata_response",
     "request_path",
     "request_view",
 ]
@@ -55,6 +57,17 @@ def request_view(environ: WSGIEnvironment) -> RequestView:
         url=lambda: request_uri(environ),
         upstream=environ.get(ENVIRON_KEY),
     )
+
+
+def metadata_response(
+    server: ResourceServer, environ: WSGIEnvironment, start_response: StartResponse
+) -> Iterable[bytes]:
+    """Answer the RFC 9728 document (GET/HEAD), its CORS preflight, or 405."""
+    metadata = server.metadata()
+    assert metadata is not None
+    status, headers, body = respond(str(environ.get("REQUEST_METHOD", "GET")), metadata)
+    start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+    return [body]
 
 
 def error_response_parts(exc: AuthError) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -86,10 +99,14 @@ class BearerAuthMiddleware:
         self.app = app
         self.server = server
         self.rules = RuleSet(rules, public)
+        server.declare_scopes(s for rule in self.rules.rules for s in rule.requirement.scopes)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = request_path(environ)
+        if path == self.server.metadata_path:  # the RFC 9728 document: always public
+            return metadata_response(self.server, environ, start_response)
         view = request_view(environ)
-        requirement = self.rules.requirement(view.method, request_path(environ))
+        requirement = self.rules.requirement(view.method, path)
         try:
             token = self.server.authorize(view, requirement)
         except AuthError as exc:
