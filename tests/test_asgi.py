@@ -512,8 +512,8 @@ def test_errors_are_identical_across_adapters(
     assert first["retry-after"] is None
     assert set(first["body"]) >= {"error", "error_description"}
     assert isinstance(first["body"]["error_description"], str)
-    if error is None:
-        assert first["www-authenticate"] == REALM_CHALLENGE
+    if error is None:  # bare, but with the route's scopes and the metadata URL
+        assert first["www-authenticate"] == (f'Bearer realm="{AUDIENCE}", scope="read", {METADATA}')
     else:
         assert first["www-authenticate"].startswith(f'Bearer realm="{AUDIENCE}", error="{error}"')
         assert first["www-authenticate"].endswith(METADATA) == (first["status"] in (401, 403))

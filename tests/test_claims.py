@@ -126,10 +126,18 @@ def test_optional_with_several_authorization_headers_is_a_bad_request(issuer: Lo
     assert isinstance(found, InvalidRequest)
 
 
-def test_not_optional_without_credentials_is_a_bare_401(issuer: LocalIssuer) -> None:
-    found = outcome(issuer.resource_server(), view(), Requirement(scopes=("read",)))
+def test_not_optional_without_credentials_is_a_401_naming_the_routes_scopes(
+    issuer: LocalIssuer,
+) -> None:
+    """No error code (RFC 6750 3.1), but every scope the route needs in one challenge, and
+    where the resource's metadata is (RFC 9728 5.1)."""
+    requirement = Requirement(scopes=("read", "write"))
+    found = outcome(issuer.resource_server(), view(), requirement)
     assert isinstance(found, MissingToken)
-    assert found.www_authenticate == f'Bearer realm="{AUDIENCE}", {META}'
+    assert found.www_authenticate == f'Bearer realm="{AUDIENCE}", scope="read write", {META}'
+    any_of = Requirement(scopes=("read",), also=(Requirement(scopes=("a", "b"), any_of=True),))
+    found = outcome(issuer.resource_server(), view(), any_of)
+    assert found.www_authenticate == f'Bearer realm="{AUDIENCE}", scope="read a b", {META}'
 
 
 # -- claim rules on a route: 403 naming the rule ---------------------------------------------------

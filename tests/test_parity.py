@@ -352,7 +352,20 @@ def token_of(sub: str, *scopes: str) -> dict[str, Any]:
     return {"sub": sub, "scopes": sorted(scopes), "anonymous": False}
 
 
-def check(answer: Mapping[str, Any], expect: Expect) -> None:
+# The scopes each route needs: every 401 and 403 challenge names them all, in one attribute.
+ROUTE_SCOPES = {
+    "/read": "read",
+    "/both": "read write",
+    "/either": "read audit",
+    "/optional": "read",
+}
+
+
+def route_scopes(path: str) -> str | None:
+    return "read" if path.startswith("/orgs/") else ROUTE_SCOPES.get(path)
+
+
+def check(answer: Mapping[str, Any], expect: Expect, path: str | None = None) -> None:
     assert answer["status"] == expect.status, answer
     challenge = answer["www-authenticate"]
     body = answer["body"]
@@ -370,6 +383,10 @@ def check(answer: Mapping[str, Any], expect: Expect) -> None:
         challenge = challenge[: -len(METADATA)]
     else:
         assert "resource_metadata" not in challenge
+    needed = route_scopes(path) if path is not None else None
+    if expect.status == 401 and needed is not None and "claim rule" not in (expect.says or ""):
+        assert challenge.endswith(f', scope="{needed}"'), challenge
+        challenge = challenge[: -len(f', scope="{needed}"')]
     if expect.error is None:
         assert challenge == REALM  # a bare challenge: no error code, no description
         assert body["error"] in ("invalid_request", "temporarily_unavailable")
@@ -625,7 +642,7 @@ def run_row(row: Row, issuer: LocalIssuer, adapters: Sequence[str]) -> None:
     }
     _, reference = assert_identical(outcomes, row.known)
     for name in adapters:  # the row's meaning holds for every adapter, diverging or not
-        check(outcomes[name], row.expect)
+        check(outcomes[name], row.expect, row.path)
     settle_known(outcomes, reference, row.known)
 
 
@@ -784,7 +801,7 @@ def test_a_token_verified_upstream_is_reused_only_by_its_own_server(
         answer = send(name, wrapped(name, inner, outer), "/read", headers)
         outcomes[name] = {**answer, "checks": {k: len(v) for k, v in counts.items()}}
     _, reference = assert_identical(outcomes)
-    check(reference, row.expect)
+    check(reference, row.expect, "/read")
     assert reference["checks"] == row.checks
 
 
@@ -908,7 +925,7 @@ WS_ROWS = [
         (
             "denied",
             401,
-            REALM + METADATA,
+            REALM + ', scope="read"' + METADATA,
             None,
             {"error": "invalid_request", "error_description": "bearer token required"},
         ),
@@ -920,6 +937,7 @@ WS_ROWS = [
             "denied",
             401,
             f'{REALM}, error="invalid_token", error_description="signature verification failed"'
+            + ', scope="read"'
             + METADATA,
             None,
             {"error": "invalid_token", "error_description": "signature verification failed"},

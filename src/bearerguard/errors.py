@@ -92,6 +92,9 @@ class AuthError(Exception):
         self.reason = reason or self.default_reason
         # RFC 9728 section 5.1: where a client finds this resource's metadata (401 and 403).
         self.resource_metadata: str | None = None
+        # The route's scopes, all in one challenge (401 and 403), so a client can ask for a
+        # token that will do at once (the MCP authorization spec asks for exactly this).
+        self.scope: tuple[str, ...] = ()
         super().__init__(self.description)
 
     def challenge_params(self) -> dict[str, str]:
@@ -105,8 +108,11 @@ class AuthError(Exception):
         return params
 
     def _with_metadata(self, params: dict[str, str]) -> dict[str, str]:
-        if self.resource_metadata is not None and self.status_code in (401, 403):
-            params["resource_metadata"] = self.resource_metadata
+        if self.status_code in (401, 403):
+            if self.scope and "scope" not in params:
+                params["scope"] = " ".join(self.scope)
+            if self.resource_metadata is not None:
+                params["resource_metadata"] = self.resource_metadata
         return params
 
     @property
@@ -196,17 +202,18 @@ class InsufficientScope(AuthError):
             kind = "one of the scopes" if any_of else "the scopes"
             description = f"token lacks {kind}: {' '.join(self.required)}"
         super().__init__(description, realm=realm, reason=reason)
+        self.scope = self.required  # a failed claim rule names no scope to ask for
 
     def challenge_params(self) -> dict[str, str]:
         params = super().challenge_params()
-        if self.required:  # a failed claim rule names no scope to ask for
-            params["scope"] = " ".join(self.required)
+        if self.scope:
+            params["scope"] = " ".join(self.scope)
         return params
 
     def to_dict(self) -> dict[str, Any]:
         body = super().to_dict()
-        if self.required:
-            body["scope"] = " ".join(self.required)
+        if self.scope:
+            body["scope"] = " ".join(self.scope)
         return body
 
 

@@ -16,7 +16,7 @@ from .claims import ClaimRule
 from .errors import AuthError, ConfigurationError, InsufficientScope, InvalidToken, Reason
 from .fetch import KeySource, Transport, WarmUpError, check_url
 from .keys import CachePolicy, KeyCache, VerificationKey
-from .metadata import ResourceMetadata, metadata_url
+from .metadata import ResourceMetadata, metadata_url, scopes_in_order
 from .request import Anonymous, RequestView, begin, settle
 from .rules import AUTHENTICATED, Requirement
 from .token import AccessToken
@@ -286,7 +286,7 @@ class ResourceServer:
             token = found if isinstance(found, AccessToken) else self.authenticate(found)
             return settle(token, view, requirement)
         except AuthError as exc:
-            raise self.with_realm(exc) from None
+            raise self._challenge(exc, requirement) from None
 
     async def authorize_async(
         self, view: RequestView, requirement: Requirement = AUTHENTICATED
@@ -303,7 +303,7 @@ class ResourceServer:
                 token = hit if hit is not None else await self.authenticate_async(found)
             return settle(token, view, requirement)
         except AuthError as exc:
-            raise self.with_realm(exc) from None
+            raise self._challenge(exc, requirement) from None
 
     # -- RFC 9728: what this resource says about itself -------------------------------------------
 
@@ -436,6 +436,15 @@ class ResourceServer:
     __repr__ = describe
 
     # -- the steps, shared by both faces --------------------------------------------------------
+
+    def _challenge(self, exc: AuthError, requirement: Requirement) -> AuthError:
+        """Every challenge parameter for a request under ``requirement``: the server's, and
+        all of the route's scopes in one challenge (not for a failed claim rule)."""
+        if exc.reason is not Reason.CLAIM_RULE:
+            scopes = scopes_in_order(group.scopes for group in requirement.groups())
+            if scopes:
+                exc.scope = scopes
+        return self.with_realm(exc)
 
     def with_realm(self, exc: AuthError) -> AuthError:
         """Fill in this server's challenge parameters (realm, RFC 9728 ``resource_metadata``)
