@@ -59,15 +59,7 @@ OPTIONAL_MEMBERS = (
     "resource_tos_uri",
 )
 
-# Known src bugs (see the report): the tests say what RFC 9728 / RFC 9110 want, xfail(strict).
-FLASK_405 = (
-    "src bug: BearerGuard(protect_all=True) answers 401, not 405, to other methods at the "
-    "metadata path (its before_request check runs before Flask raises 405)"
-)
-FLASK_HEAD = (
-    "src bug: the Flask metadata route answers HEAD with Content-Length: 0, not the GET "
-    "body's length (RFC 9110 section 8.6)"
-)
+# Known gaps: the tests say what RFC 9728 wants, xfail(strict) until fixed.
 LAZY_SCOPES = (
     "src bug: a scope used only in Security(auth, scopes=[...]) enters scopes_supported only "
     "after its route's first request"
@@ -256,7 +248,6 @@ PUBLISHED = [
             "resource_name": "Reports API",
             "resource_documentation": "https://docs.reports.example/",
         },
-        bugs={"405": FLASK_405, "head": FLASK_HEAD},
     ),
     Case(
         "fastapi_example",
@@ -275,7 +266,6 @@ PUBLISHED = [
         SHOPPING,
         "/.well-known/oauth-protected-resource",
         shop_document,
-        bugs={"405": FLASK_405, "head": FLASK_HEAD},
     ),
 ]
 GATEWAY = Case(

@@ -294,7 +294,9 @@ class BearerGuard:
         # The endpoint is what Werkzeug routed to; the path rules also see the spellings it
         # merges (doubled slashes) and redirects (trailing slash), see rules.py.
         requirement = self.rules.requirement(request.method, request.path)
-        if requirement.public or request.endpoint in self.public_endpoints:
+        # The metadata path is public for every method: Flask answers 405 after this hook.
+        metadata = request.path == self.server.metadata_path
+        if requirement.public or metadata or request.endpoint in self.public_endpoints:
             g.access_token = None
             return None
         return self._authorize(requirement)
@@ -306,7 +308,9 @@ METADATA_ENDPOINT = "bearerguard_metadata"
 def _metadata() -> Response:
     """The RFC 9728 document (GET/HEAD), its CORS preflight, or 405; always public."""
     server = current_app.extensions[EXTENSION_KEY]
-    status, headers, body = respond(request.method, server.metadata())
+    # HEAD is answered as GET: Werkzeug drops the body and keeps GET's Content-Length.
+    method = "GET" if request.method == "HEAD" else request.method
+    status, headers, body = respond(method, server.metadata())
     response: Response = current_app.response_class(body, status=status, headers=headers)
     return response
 
