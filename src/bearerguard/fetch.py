@@ -95,6 +95,11 @@ def check_url(url: str, what: str) -> str:
     raise ConfigurationError(f"{what} must be an https:// URL (http:// only on loopback): {url!r}")
 
 
+def _printable(value: str | None) -> str:
+    """A value for a log line: escaped, and at most 64 characters of it."""
+    return repr(value if value is None else value[:64])
+
+
 def _on_event_loop() -> bool:
     try:
         asyncio.get_running_loop()
@@ -331,6 +336,7 @@ class KeySource:
         self.http_client = http_client
         self.async_http_client = async_http_client
         self.transport = transport
+        self._health = "new"  # then "ok", "stale" (failing, cached keys serve), "unavailable"
         # Single flight across threads, tasks and event loops alike: the fetch in flight is a
         # Future every other caller waits on; the lock is held only to look at or swap it.
         self._guard = threading.Lock()
@@ -396,13 +402,47 @@ class KeySource:
 
     def _after_fetch(self, result: FetchResult | None, error: str | None, now: float) -> None:
         if result is not None:
+            before = self.cache.keys
             self.cache.succeeded(result.keys, result.max_age, result.etag, now)
+            if result.keys is not None and before is not None:
+                new = [k.kid for k in result.keys.keys if before.find(k.kid) is None]
+                if new:
+                    shown = ", ".join(_printable(kid) for kid in new[:5])
+                    log.info("bearerguard: new signing keys from %s: %s", self.issuer, shown)
+            self._state("ok", None)
             return
         assert error is not None
-        log.warning("bearerguard: cannot refresh signing keys from %s: %s", self.issuer, error)
         self.cache.failed(error, now)
+        self._state("stale" if self.cache.keys is not None else "unavailable", error)
         if self.fixed_jwks_uri is None:
             self.jwks_uri = None  # discover again next time: the issuer may have moved its keys
+
+    def _state(self, state: str, error: str | None) -> None:
+        """Log issuer trouble once per change of state (a flood of failed fetches or of bad
+        tokens makes no flood of warnings); each failed fetch is still a DEBUG line."""
+        was, self._health = self._health, state
+        if state == was:
+            if error is not None:
+                log.debug(
+                    "bearerguard: signing keys of %s still unavailable: %s", self.issuer, error
+                )
+            return
+        if state == "ok":
+            if was != "new":
+                log.info("bearerguard: signing keys of %s fetched again", self.issuer)
+        elif state == "stale":
+            log.warning(
+                "bearerguard: cannot refresh signing keys from %s: %s; cached keys keep serving",
+                self.issuer,
+                error,
+            )
+        else:
+            log.warning(
+                "bearerguard: cannot refresh signing keys from %s: %s; no usable keys, requests "
+                "are answered 503 until it recovers",
+                self.issuer,
+                error,
+            )
 
     def _deadline(self) -> float:
         # Discovery and JWKS together stay within two timeouts, however slowly bytes trickle.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -35,6 +36,8 @@ from .verify import (
 )
 
 __all__ = ["ResourceServer"]
+
+log = logging.getLogger("bearerguard")
 
 
 @dataclass(slots=True)
@@ -444,6 +447,8 @@ class ResourceServer:
             scopes = scopes_in_order(group.scopes for group in requirement.groups())
             if scopes:
                 exc.scope = scopes
+        if log.isEnabledFor(logging.DEBUG):  # never the token: the reason and fixed text
+            log.debug("bearerguard: refused (%s): %s", exc.reason, exc.description)
         return self.with_realm(exc)
 
     def with_realm(self, exc: AuthError) -> AuthError:
