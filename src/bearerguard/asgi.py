@@ -141,7 +141,9 @@ def _spellings(scope: Scope) -> tuple[str, ...]:
 
 
 def _is_metadata_path(scope: Scope, path: str | None) -> bool:
-    return path is not None and (scope["path"] == path or route_path(scope) == path)
+    if path is None:
+        return False
+    return scope["path"] == path or (bool(scope.get("root_path")) and route_path(scope) == path)
 
 
 async def send_metadata(server: ResourceServer, scope: Scope, send: Send) -> None:

@@ -346,6 +346,8 @@ class ResourceServer:
             self.metadata_url = metadata_url(self.resource) if is_url else None
         else:
             raise ConfigurationError("resource_metadata must be True, False or an absolute URL")
+        #: The path the document is served at (from ``metadata_url``), or None.
+        self.metadata_path = None if self.metadata_url is None else urlsplit(self.metadata_url).path
 
     def declare_scopes(self, scopes: Iterable[str]) -> None:
         """Scopes the app's rules, decorators and dependencies use: ``scopes_supported``."""
@@ -363,11 +365,6 @@ class ResourceServer:
             scopes_supported=tuple(self._declared),
             **self._metadata_extra,  # type: ignore[arg-type]
         )
-
-    @property
-    def metadata_path(self) -> str | None:
-        """The path the document is served at (from ``metadata_url``), or None."""
-        return None if self.metadata_url is None else urlsplit(self.metadata_url).path
 
     # -- start-up -------------------------------------------------------------------------------
 
