@@ -131,3 +131,49 @@ def test_responses_for_each_method() -> None:
     status, headers, _ = respond("POST", metadata)
     assert status == 405
     assert dict(headers)["allow"] == "GET, HEAD, OPTIONS"
+
+
+def test_flask_protect_all_makes_only_the_metadata_route_public() -> None:
+    """Another view matching the metadata path (a catch-all, or the app's "/" when an
+    explicit URL points there) still needs a token, for every method."""
+    from flask import Flask
+
+    from bearerguard.flask import BearerGuard
+
+    app = Flask(__name__)
+    BearerGuard(app, server=ResourceServer(ISSUER, "https://shopping.api"), protect_all=True)
+
+    @app.route("/<path:rest>", methods=["GET", "POST", "DELETE"])
+    def anything(rest: str) -> str:
+        return "catch-all ran"
+
+    client = app.test_client()
+    path = "/.well-known/oauth-protected-resource"
+    assert client.get(path).json["resource"] == "https://shopping.api"  # type: ignore[index]
+    for method in ("post", "delete"):
+        response = getattr(client, method)(path)
+        assert response.status_code == 401, response.get_data()
+
+
+@pytest.mark.parametrize(
+    "url", ["https://docs.example.com/", "https://docs.example.com/api/orders"]
+)
+def test_an_explicit_url_off_the_well_known_path_is_named_but_not_served(url: str) -> None:
+    """Serving it would hide the app's own route there."""
+    server = ResourceServer(ISSUER, "https://shopping.api", resource_metadata=url)
+    assert server.metadata_url == url
+    assert server.metadata_path is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"resource": "https://user:pw@shopping.api"}, "credentials"),
+        ({"resource": "https://shopping.api/ü"}, "plain URL"),
+        ({"resource": 'https://shopping.api/"x'}, "plain URL"),
+        ({"resource_metadata": "https://user@gw.example/.well-known/x"}, "credentials"),
+    ],
+)
+def test_urls_that_a_challenge_would_mangle_are_refused(kwargs: dict[str, str], match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        ResourceServer(ISSUER, "https://shopping.api", **kwargs)  # type: ignore[arg-type]

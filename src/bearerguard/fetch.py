@@ -408,7 +408,10 @@ class KeySource:
                 new = [k.kid for k in result.keys.keys if before.find(k.kid) is None]
                 if new:
                     shown = ", ".join(_printable(kid) for kid in new[:5])
-                    log.info("bearerguard: new signing keys from %s: %s", self.issuer, shown)
+                    more = f" (+{len(new) - 5} more)" if len(new) > 5 else ""
+                    log.info(
+                        "bearerguard: new signing keys from %s: %s%s", self.issuer, shown, more
+                    )
             self._state("ok", None)
             return
         assert error is not None
@@ -423,9 +426,7 @@ class KeySource:
         was, self._health = self._health, state
         if state == was:
             if error is not None:
-                log.debug(
-                    "bearerguard: signing keys of %s still unavailable: %s", self.issuer, error
-                )
+                log.debug("bearerguard: refresh from %s failed again: %s", self.issuer, error)
             return
         if state == "ok":
             if was != "new":

@@ -294,8 +294,11 @@ class BearerGuard:
         # The endpoint is what Werkzeug routed to; the path rules also see the spellings it
         # merges (doubled slashes) and redirects (trailing slash), see rules.py.
         requirement = self.rules.requirement(request.method, request.path)
-        # The metadata path is public for every method: Flask answers 405 after this hook.
-        metadata = request.path == self.server.metadata_path
+        # The metadata route is public for every method (Flask answers 405 after this hook),
+        # but only where no other view matched that path: any other view needs a token.
+        metadata = request.endpoint == METADATA_ENDPOINT or (
+            request.url_rule is None and request.path == self.server.metadata_path
+        )
         if requirement.public or metadata or request.endpoint in self.public_endpoints:
             g.access_token = None
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -51,6 +52,22 @@ class _Pending:
     alg: str
     kid: str | None
     source: KeySource
+
+
+_URL_SAFE = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")  # RFC 3986 characters
+
+
+def _plain_url(url: str, what: str) -> str:
+    """A URL that goes into challenges and documents as written: no userinfo, no fragment,
+    nothing a challenge would have to mangle (non-ASCII, quotes: percent-encode them)."""
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(f"{what} must not carry credentials")
+    if parts.fragment or "#" in url or not _URL_SAFE.fullmatch(url):
+        raise ConfigurationError(
+            f"{what} must be a plain URL (no fragment; percent-encode anything else): {url!r}"
+        )
+    return url
 
 
 def _strings(value: str | Iterable[str], what: str) -> tuple[str, ...]:
@@ -319,15 +336,15 @@ class ResourceServer:
     ) -> None:
         explicit = resource is not None
         self.resource = resource if resource is not None else self.audiences[0]
-        try:
-            check_url(self.resource, "resource")
-            is_url = "#" not in self.resource
-        except ConfigurationError:
-            is_url = False
-        if explicit and not is_url:
-            raise ConfigurationError(
-                f"resource must be an https:// URL without a fragment (RFC 9728): {resource!r}"
-            )
+        if explicit:  # RFC 9728: an https URL (http on loopback) without a fragment
+            _plain_url(check_url(self.resource, "resource"), "resource")
+            is_url = True
+        else:
+            try:
+                _plain_url(check_url(self.resource, "resource"), "resource")
+                is_url = True
+            except ConfigurationError:
+                is_url = False  # an audience such as "api://x": no metadata URL
         for name, value in extra.items():
             if value is not None and name != "resource_name":
                 check_url(value, name)
@@ -339,20 +356,28 @@ class ResourceServer:
         if publish is False:
             self.metadata_url: str | None = None
         elif isinstance(publish, str):
-            self.metadata_url = check_url(publish, "resource_metadata")
+            self.metadata_url = _plain_url(
+                check_url(publish, "resource_metadata"), "resource_metadata"
+            )
         elif publish is True:
             # Derived from the resource when it is a URL; an audience such as "api://x" has
             # no metadata URL, and then challenges simply carry none.
             self.metadata_url = metadata_url(self.resource) if is_url else None
         else:
             raise ConfigurationError("resource_metadata must be True, False or an absolute URL")
-        #: The path the document is served at (from ``metadata_url``), or None.
-        self.metadata_path = None if self.metadata_url is None else urlsplit(self.metadata_url).path
+        #: The path the document is served at, or None. Only a path with a /.well-known/
+        #: segment is served (a gateway may keep its prefix before it): anywhere else it
+        #: would hide the app's own route, and the URL is only named in challenges.
+        self.metadata_path = None
+        if self.metadata_url is not None:
+            path = urlsplit(self.metadata_url).path
+            if "/.well-known/" in path:
+                self.metadata_path = path
 
     def declare_scopes(self, scopes: Iterable[str]) -> None:
         """Scopes the app's rules, decorators and dependencies use: ``scopes_supported``."""
         for scope in scopes:
-            if isinstance(scope, str) and scope:
+            if isinstance(scope, str) and scope and " " not in scope:
                 self._declared.setdefault(scope, None)
 
     def metadata(self) -> ResourceMetadata | None:
