@@ -21,7 +21,7 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -57,12 +57,6 @@ OPTIONAL_MEMBERS = (
     "resource_documentation",
     "resource_policy_uri",
     "resource_tos_uri",
-)
-
-# Known gaps: the tests say what RFC 9728 wants, xfail(strict) until fixed.
-LAZY_SCOPES = (
-    "src bug: a scope used only in Security(auth, scopes=[...]) enters scopes_supported only "
-    "after its route's first request"
 )
 
 
@@ -141,7 +135,6 @@ class Case:
     path: str | None  # where the document is served (None: not published)
     # The whole document, given the issuer URL (none when not published).
     document: Callable[[str], dict[str, Any]] = lambda issuer: {}
-    bugs: dict[str, str] = field(default_factory=dict)  # aspect -> known src bug
 
     def __str__(self) -> str:
         return self.name
@@ -203,7 +196,6 @@ PUBLISHED = [
             "scopes_supported": ["shop:read", "shop:admin"],
             "bearer_methods_supported": ["header"],
         },
-        bugs={"scopes": LAZY_SCOPES},
     ),
     Case(
         "starlette_endpoint",
@@ -286,11 +278,6 @@ QUIET_CASES = [
     Case("quiet_flask", gunicorn("quiet_flask"), QUIET, "/orders", QUIET, None),
 ]
 CASES = [*PUBLISHED, GATEWAY, *QUIET_CASES]
-
-
-def known_bug(request: pytest.FixtureRequest, case: Case, aspect: str) -> None:
-    if aspect in case.bugs:
-        request.applymarker(pytest.mark.xfail(reason=case.bugs[aspect], strict=True))
 
 
 # -- servers ---------------------------------------------------------------------------------------
@@ -437,7 +424,6 @@ def test_scopes_supported_on_first_contact(
 ) -> None:
     """Every scope the app declared (rules, @protect, BearerAuth and its routes,
     @guard.require, scopes_supported=) is listed once, before any route was requested."""
-    known_bug(request, app.case, "scopes")
     assert app.first is not None
     assert app.first.status_code == 200, app.first.text
     scopes = app.first.json()["scopes_supported"]
@@ -483,7 +469,6 @@ def test_get_is_public_json_readable_from_anywhere_and_cacheable(app: Running) -
 
 
 def test_head_is_get_without_the_body(app: Running, request: pytest.FixtureRequest) -> None:
-    known_bug(request, app.case, "head")
     url = derived_url(app.case.resource)
     get, head = app.fetch(url), app.fetch(url, "HEAD")
     assert head.status_code == 200
@@ -505,7 +490,6 @@ def test_cors_preflight(app: Running) -> None:
 
 
 def test_other_methods_are_405_with_allow(app: Running, request: pytest.FixtureRequest) -> None:
-    known_bug(request, app.case, "405")
     response = app.fetch(derived_url(app.case.resource), "POST")
     assert response.status_code == 405, response.text
     allowed = {m.strip() for m in response.headers["allow"].split(",")}

@@ -148,7 +148,7 @@ def _is_metadata_path(scope: Scope, path: str | None) -> bool:
 
 async def send_metadata(server: ResourceServer, scope: Scope, send: Send) -> None:
     """Answer the RFC 9728 document (GET/HEAD), its CORS preflight, or 405."""
-    metadata = server.metadata()
+    metadata = server.metadata(scope.get("app"))
     assert metadata is not None
     status, headers, body = respond(scope.get("method", "GET"), metadata)
     raw = [(name.encode(), value.encode()) for name, value in headers]

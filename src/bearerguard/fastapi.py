@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlows
@@ -83,6 +83,28 @@ def _discover_token_url(server: ResourceServer) -> str:
         return guess
 
 
+def _route_scopes(app: object, server: ResourceServer) -> Iterator[str]:
+    """The scopes ``app``'s routes ask of this server through ``Security(auth, scopes=...)``,
+    for the RFC 9728 document (known before any of those routes is called)."""
+    routes = list(getattr(app, "routes", ()))
+    while routes:
+        route = routes.pop()
+        routes.extend(getattr(route, "routes", ()))  # mounted routers and sub-apps
+        dependants = [getattr(route, "dependant", None)]
+        while dependants:
+            dependant = dependants.pop()
+            if dependant is None:
+                continue
+            dependants.extend(dependant.dependencies)
+            call = dependant.call
+            if isinstance(call, BearerAuth) and call.server is server:
+                # Newer FastAPI names them own_oauth_scopes, older releases security_scopes.
+                found = getattr(dependant, "own_oauth_scopes", None)
+                if found is None:
+                    found = getattr(dependant, "security_scopes", None)
+                yield from found or ()
+
+
 class _TokenUrl:
     """The flow's tokenUrl, discovered once, on first read; shared by ``any_of()`` clones."""
 
@@ -134,6 +156,7 @@ class BearerAuth(OAuth2):
         )
         self.server = server
         server.declare_scopes(scopes or ())
+        server.add_scope_source("fastapi", lambda app: _route_scopes(app, server))
         self.require_any = False
         self.is_optional = False
         self.claim_rules: tuple[ClaimRule, ...] = ()

@@ -353,6 +353,7 @@ class ResourceServer:
         if not all(isinstance(s, str) and s and " " not in s for s in scopes):
             raise ConfigurationError("scopes_supported takes scope names (strings, no spaces)")
         self._declared: dict[str, None] = dict.fromkeys(scopes)
+        self._scope_sources: dict[str, Callable[[object], Iterable[str]]] = {}
         if publish is False:
             self.metadata_url: str | None = None
         elif isinstance(publish, str):
@@ -374,16 +375,28 @@ class ResourceServer:
             if "/.well-known/" in path:
                 self.metadata_path = path
 
+    def add_scope_source(self, name: str, source: Callable[[object], Iterable[str]]) -> None:
+        """A way to find scopes an app declares in its routes, asked with the app object when
+        the document is served (FastAPI's ``Security(auth, scopes=[...])``); one per name."""
+        self._scope_sources.setdefault(name, source)
+
     def declare_scopes(self, scopes: Iterable[str]) -> None:
         """Scopes the app's rules, decorators and dependencies use: ``scopes_supported``."""
         for scope in scopes:
             if isinstance(scope, str) and scope and " " not in scope:
                 self._declared.setdefault(scope, None)
 
-    def metadata(self) -> ResourceMetadata | None:
-        """The RFC 9728 document's contents, or None when publishing is switched off."""
+    def metadata(self, app: object = None) -> ResourceMetadata | None:
+        """The RFC 9728 document's contents, or None when publishing is switched off.
+
+        ``app`` (the ASGI app serving it, when known) lets scope sources find the scopes its
+        routes declare.
+        """
         if self.metadata_url is None:
             return None
+        if app is not None:
+            for source in self._scope_sources.values():
+                self.declare_scopes(source(app))
         return ResourceMetadata(
             resource=self.resource,
             authorization_servers=self.issuers,

@@ -47,7 +47,7 @@ def metadata_endpoint(server: ResourceServer) -> Callable[[Request], Awaitable[R
         raise ConfigurationError("this server publishes no metadata (resource_metadata=False?)")
 
     async def metadata(request: Request) -> Response:
-        document = server.metadata()
+        document = server.metadata(request.scope.get("app"))
         assert document is not None
         status, headers, body = respond(request.method, document)
         return Response(body, status, dict(headers))
