@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -82,6 +83,19 @@ class StubIssuer(LocalIssuer):
             if request.url.path == self.jwks_path:
                 entered.set()
                 release.wait(10)
+            return self.handle(request)
+
+        return entered, release, httpx.MockTransport(held)
+
+    def held_jwks_async(self) -> tuple[anyio.Event, anyio.Event, httpx.MockTransport]:
+        """``held_jwks`` for the async face (call it inside the event loop): the JWKS request
+        awaits ``release`` instead of blocking a thread."""
+        entered, release = anyio.Event(), anyio.Event()
+
+        async def held(request: httpx.Request) -> httpx.Response:
+            if request.url.path == self.jwks_path:
+                entered.set()
+                await release.wait()
             return self.handle(request)
 
         return entered, release, httpx.MockTransport(held)

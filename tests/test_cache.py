@@ -623,15 +623,8 @@ def test_jwks_uri_skips_discovery(stub_issuer: StubIssuer, fake_clock: FakeClock
 
 @pytest.mark.anyio
 async def test_single_flight_across_100_tasks(stub_issuer: StubIssuer) -> None:
-    entered, release = anyio.Event(), anyio.Event()
-
-    async def slow_jwks(request: httpx.Request) -> httpx.Response:
-        if request.url.path == stub_issuer.jwks_path:
-            entered.set()
-            await release.wait()
-        return stub_issuer.handle(request)
-
-    server = stub_issuer.resource_server(transport=httpx.MockTransport(slow_jwks))
+    entered, release, held = stub_issuer.held_jwks_async()
+    server = stub_issuer.resource_server(transport=held)
     tokens = [stub_issuer.mint() for _ in range(100)]
     verified: list[AccessToken] = []
 

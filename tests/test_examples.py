@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 from jwt.algorithms import get_default_algorithms
-from procs import free_port, interpreter, stop
+from procs import example_command, free_port, stop
 
 from bearerguard.testing import LocalIssuer, SigningKey
 
@@ -587,34 +587,6 @@ def test_fastapi_example_documents_its_security(shop_issuer: LocalIssuer) -> Non
 # -- under the real servers ------------------------------------------------------------------------
 
 
-def server_command(kind: str, port: int) -> list[str]:
-    if kind == "fastapi":
-        return [
-            interpreter(),
-            "-m",
-            "uvicorn",
-            "--app-dir",
-            "examples/fastapi_app",
-            "main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-    return [
-        interpreter(),
-        "-m",
-        "gunicorn",
-        "-c",
-        "examples/flask_app/gunicorn.conf.py",
-        "--chdir",
-        "examples/flask_app",
-        "-b",
-        f"127.0.0.1:{port}",
-        "main:app",
-    ]
-
-
 @contextlib.contextmanager
 def running_example(kind: str, issuer_url: str, log: Path) -> Iterator[str]:
     """Start the example under its real server; yield its base URL once /health answers."""
@@ -622,7 +594,7 @@ def running_example(kind: str, issuer_url: str, log: Path) -> Iterator[str]:
     env = {**os.environ, "AUTH_ISSUER": issuer_url, "AUTH_AUDIENCE": AUDIENCE}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            server_command(kind, port),
+            example_command(kind, port),
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -41,7 +41,7 @@ from metadataapps import (
     REPORTS,
     SHOP,
 )
-from procs import free_port, interpreter, stop
+from procs import example_command, free_port, interpreter, stop
 
 from bearerguard.testing import LocalIssuer
 
@@ -98,28 +98,6 @@ def gunicorn(factory: str) -> Callable[[int], list[str]]:
         "--bind",
         f"127.0.0.1:{port}",
         f"metadataapps:{factory}()",
-    ]
-
-
-def fastapi_example(port: int) -> list[str]:
-    """As examples/fastapi_app/main.py documents it."""
-    app_dir = ["--app-dir", "examples/fastapi_app", "main:app"]
-    return [interpreter(), "-m", "uvicorn", *app_dir, "--host", "127.0.0.1", "--port", str(port)]
-
-
-def flask_example(port: int) -> list[str]:
-    """As examples/flask_app/main.py documents it."""
-    return [
-        interpreter(),
-        "-m",
-        "gunicorn",
-        "-c",
-        "examples/flask_app/gunicorn.conf.py",
-        "--chdir",
-        "examples/flask_app",
-        "-b",
-        f"127.0.0.1:{port}",
-        "main:app",
     ]
 
 
@@ -243,7 +221,7 @@ PUBLISHED = [
     ),
     Case(
         "fastapi_example",
-        fastapi_example,
+        lambda port: example_command("fastapi", port),
         SHOPPING,
         "/products",
         SHOPPING,
@@ -252,7 +230,7 @@ PUBLISHED = [
     ),
     Case(
         "flask_example",
-        flask_example,
+        lambda port: example_command("flask", port),
         SHOPPING,
         "/products",
         SHOPPING,

@@ -223,15 +223,8 @@ def test_a_warm_up_joins_a_fetch_already_in_flight(stub_issuer: StubIssuer) -> N
 
 
 async def test_an_async_warm_up_joins_a_fetch_already_in_flight(stub_issuer: StubIssuer) -> None:
-    entered, release = asyncio.Event(), asyncio.Event()
-
-    async def slow_jwks(request: httpx.Request) -> httpx.Response:
-        if request.url.path == stub_issuer.jwks_path:
-            entered.set()
-            await release.wait()
-        return stub_issuer.handle(request)
-
-    server = stub_issuer.resource_server(transport=httpx.MockTransport(slow_jwks))
+    entered, release, held = stub_issuer.held_jwks_async()
+    server = stub_issuer.resource_server(transport=held)
     source = only_source(server)
     request = asyncio.create_task(server.authenticate_async(f"Bearer {stub_issuer.mint()}"))
     await entered.wait()
