@@ -12,6 +12,7 @@ import pytest
 from fastapi import APIRouter, Depends, FastAPI, Security
 from faults import TRICKLE_HEADERS, FaultyIssuer
 from pydantic import BaseModel
+from recorder import Recorder
 from starlette.testclient import TestClient
 
 from bearerguard import AccessToken, ResourceServer, require_scopes
@@ -273,16 +274,10 @@ def test_issuer_down_is_503_with_retry_after(issuer: LocalIssuer, explicit_handl
 
 
 def test_reuses_the_token_verified_by_the_middleware(
-    issuer: LocalIssuer, server: ResourceServer, monkeypatch: pytest.MonkeyPatch
+    issuer: LocalIssuer, server: ResourceServer
 ) -> None:
-    verified: list[str | None] = []
-    verify = server.authenticate_async
-
-    async def counted(authorization: str | None) -> AccessToken:
-        verified.append(authorization)
-        return await verify(authorization)
-
-    monkeypatch.setattr(server, "authenticate_async", counted)
+    seen = Recorder()
+    server.observer = seen
     app = build_app(server)
     app.add_middleware(BearerAuthMiddleware, server=server, public=["/public"])
     client = TestClient(app, raise_server_exceptions=False)
@@ -295,7 +290,13 @@ def test_reuses_the_token_verified_by_the_middleware(
         "insufficient_scope",
         "read",
     )
-    assert len(verified) == 2  # once per request, by the middleware
+    # Each token verified once, by the middleware; the dependency reused it (and refused
+    # the second for its scopes without verifying it again).
+    assert [(e.result, e.cached) for e in seen.events] == [
+        ("success", False),
+        ("success", False),
+        ("failure", None),
+    ]
 
 
 def test_verifies_again_a_token_another_server_verified(issuer: LocalIssuer) -> None:

@@ -15,10 +15,11 @@ import pytest
 from flask import Blueprint, Flask, Response, g
 from flask.testing import FlaskClient
 from flask.views import MethodView
+from recorder import Recorder
 from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
-from bearerguard import AccessToken, ConfigurationError, ResourceServer, require_scopes
+from bearerguard import ConfigurationError, ResourceServer, require_scopes
 from bearerguard.flask import BearerGuard, current_token
 from bearerguard.rules import Rule
 from bearerguard.testing import LocalIssuer
@@ -418,7 +419,7 @@ def test_require_without_init_app_is_a_clear_error(server: ResourceServer) -> No
 
 
 @pytest.fixture
-def protected(server: ResourceServer, monkeypatch: pytest.MonkeyPatch) -> Flask:
+def protected(server: ResourceServer) -> Flask:
     app = Flask(__name__)
     admin = Blueprint("admin", __name__, url_prefix="/admin")
     guard = BearerGuard(
@@ -431,15 +432,7 @@ def protected(server: ResourceServer, monkeypatch: pytest.MonkeyPatch) -> Flask:
             Rule("/reports", scopes="read audit", any_of=True),
         ],
     )
-    calls: list[str] = []
-    original = server.authenticate
-
-    def counting(header: str | None) -> AccessToken:
-        calls.append("authenticate")
-        return original(header)
-
-    monkeypatch.setattr(server, "authenticate", counting)
-    app.config["calls"] = calls
+    server.observer = app.config["seen"] = Recorder()  # one event per token looked up
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -491,7 +484,7 @@ def test_protect_all_public_endpoints_and_paths(protected: Flask) -> None:
         assert client.get("/health", headers=headers).json == {"token": None}
         assert client.get("/admin/status", headers=headers).get_data() == b"up"
         assert client.get("/docs/intro", headers=headers).get_data() == b"intro"
-    assert protected.config["calls"] == []
+    assert protected.config["seen"].events == []
 
 
 def test_protect_all_rules_and_decorator(protected: Flask, issuer: LocalIssuer) -> None:
@@ -505,11 +498,12 @@ def test_protect_all_rules_and_decorator(protected: Flask, issuer: LocalIssuer) 
         client.get("/admin/users", headers=bearer(read)), 403, "insufficient_scope", "admin"
     )
     assert_error(client.post("/products", headers=bearer(read)), 403, "insufficient_scope", "write")
-    calls: list[str] = protected.config["calls"]
-    calls.clear()
+    seen: Recorder = protected.config["seen"]
+    seen.events.clear()
     response = client.post("/products", headers=bearer(write))
     assert response.status_code == 201
-    assert calls == ["authenticate"]  # the decorator reuses the token checked before_request
+    # one lookup: the decorator reuses the token checked before_request
+    assert [(e.result, e.cached) for e in seen.events] == [("success", True)]
     assert_error(
         client.post("/products", headers=bearer(issuer.tampered(write))), 401, "invalid_token"
     )

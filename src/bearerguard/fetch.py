@@ -25,6 +25,8 @@ import httpx
 
 from .errors import ConfigurationError
 from .keys import JWKSError, KeyCache, KeySet, VerificationKey, cache_max_age
+from .observe import FetchResult as Outcome
+from .observe import Reporter
 
 __all__ = ["KeySource", "WarmUpError", "check_url", "is_loopback"]
 
@@ -336,6 +338,7 @@ class KeySource:
         self.http_client = http_client
         self.async_http_client = async_http_client
         self.transport = transport
+        self.reporter: Reporter | None = None  # set by the ResourceServer's observer
         self._health = "new"  # then "ok", "stale" (failing, cached keys serve), "unavailable"
         # Single flight across threads, tasks and event loops alike: the fetch in flight is a
         # Future every other caller waits on; the lock is held only to look at or swap it.
@@ -400,7 +403,18 @@ class KeySource:
             raise FetchError(str(exc)) from None
         return FetchResult(keys, max_age, response.headers.get("ETag"))
 
-    def _after_fetch(self, result: FetchResult | None, error: str | None, now: float) -> None:
+    def _after_fetch(
+        self, result: FetchResult | None, error: str | None, now: float, began: float
+    ) -> None:
+        if self.reporter is not None:
+            outcome = (
+                Outcome.FAILURE
+                if result is None
+                else Outcome.NOT_MODIFIED
+                if result.keys is None
+                else Outcome.SUCCESS
+            )
+            self.reporter.key_fetch(self.issuer, outcome, time.perf_counter() - began)
         if result is not None:
             before = self.cache.keys
             self.cache.succeeded(result.keys, result.max_age, result.etag, now)
@@ -568,13 +582,13 @@ class KeySource:
         ``urls`` collects the URLs requested, the last one being where a failure happened.
         """
         self.cache.started(kid, now, routine=routine)
-        result, error = None, None
+        result, error, began = None, None, time.perf_counter()
         try:
             result = self._run_sync_bounded(urls)
         except FetchError as exc:
             error = str(exc)
         now = self.clock()
-        self._after_fetch(result, error, now)
+        self._after_fetch(result, error, now, began)
         return error, now
 
     def _run_sync_bounded(self, urls: list[str]) -> FetchResult:
@@ -672,7 +686,7 @@ class KeySource:
     ) -> tuple[str | None, float]:
         """The async twin of ``_fetch_sync``."""
         self.cache.started(kid, now, routine=routine)
-        result, error = None, None
+        result, error, began = None, None, time.perf_counter()
         try:
             result = await asyncio.wait_for(self._run_async(urls), 2 * self.timeout)
         except FetchError as exc:
@@ -680,7 +694,7 @@ class KeySource:
         except asyncio.TimeoutError:
             error = "fetching keys took too long"
         now = self.clock()
-        self._after_fetch(result, error, now)
+        self._after_fetch(result, error, now, began)
         return error, now
 
     async def _run_async(self, urls: list[str]) -> FetchResult:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,6 +20,7 @@ from .errors import AuthError, ConfigurationError, InsufficientScope, InvalidTok
 from .fetch import KeySource, Transport, WarmUpError, check_url
 from .keys import CachePolicy, KeyCache, VerificationKey
 from .metadata import ResourceMetadata, metadata_url, scopes_in_order
+from .observe import Observer, Reporter, Result, result_of
 from .request import Anonymous, RequestView, begin, settle
 from .rules import AUTHENTICATED, Requirement
 from .token import AccessToken
@@ -127,6 +129,7 @@ class ResourceServer:
         http_client: httpx.Client | httpx.AsyncClient | None = None,
         async_http_client: httpx.AsyncClient | None = None,
         transport: Transport | None = None,
+        observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         issuers = _strings(issuer, "issuer")
@@ -220,6 +223,8 @@ class ResourceServer:
         self._token_cache_ttl = _positive(token_cache_ttl, "token_cache_ttl")
         self._token_cache_lock = threading.Lock()
         self._headers: dict[str, tuple[str, str | None]] = {}
+        self._reporter: Reporter | None = None
+        self.observer = observer
 
     @classmethod
     def logto(
@@ -250,80 +255,144 @@ class ResourceServer:
         if authorization is not None:
             hit = self._cached(authorization)
             if hit is not None:
+                if self._reporter is not None:
+                    self._reporter.authentication(Result.SUCCESS, None, hit, True, None)
                 return hit
+        begun = perf_counter()
         try:
-            step = self._start(self._credentials(authorization), authorization)
-            if isinstance(step, _Pending):
-                step = self._finish(step, step.source.get_key(step.kid))
-            return step
+            token, cached = self._verify_sync(authorization, None)
         except AuthError as exc:
-            raise self.with_realm(exc) from None
+            raise self._refused(self.with_realm(exc), False, begun) from None
+        if self._reporter is not None:
+            self._succeeded(token, cached, begun)
+        return token
 
     async def authenticate_async(self, authorization: str | None) -> AccessToken:
         """The async twin of ``authenticate``: key fetches never block the event loop."""
         if authorization is not None:
             hit = self._cached(authorization)
             if hit is not None:
+                if self._reporter is not None:
+                    self._reporter.authentication(Result.SUCCESS, None, hit, True, None)
                 return hit
+        begun = perf_counter()
         try:
-            step = self._start(self._credentials(authorization), authorization)
-            if isinstance(step, _Pending):
-                step = self._finish(step, await step.source.get_key_async(step.kid))
-            return step
+            token, cached = await self._verify_async(authorization, None)
         except AuthError as exc:
-            raise self.with_realm(exc) from None
+            raise self._refused(self.with_realm(exc), False, begun) from None
+        if self._reporter is not None:
+            self._succeeded(token, cached, begun)
+        return token
 
     def verify_token(self, token: str) -> AccessToken:
         """Verify a raw token (no ``Bearer`` prefix), e.g. from a websocket subprotocol."""
+        begun = perf_counter()
         try:
-            step = self._start(self._raw(token), None)
-            if isinstance(step, _Pending):
-                step = self._finish(step, step.source.get_key(step.kid))
-            return step
+            access, cached = self._verify_sync(None, token)
         except AuthError as exc:
-            raise self.with_realm(exc) from None
+            raise self._refused(self.with_realm(exc), False, begun) from None
+        if self._reporter is not None:
+            self._succeeded(access, cached, begun)
+        return access
 
     async def verify_token_async(self, token: str) -> AccessToken:
         """The async twin of ``verify_token``."""
+        begun = perf_counter()
         try:
-            step = self._start(self._raw(token), None)
-            if isinstance(step, _Pending):
-                step = self._finish(step, await step.source.get_key_async(step.kid))
-            return step
+            access, cached = await self._verify_async(None, token)
         except AuthError as exc:
-            raise self.with_realm(exc) from None
+            raise self._refused(self.with_realm(exc), False, begun) from None
+        if self._reporter is not None:
+            self._succeeded(access, cached, begun)
+        return access
 
     def authorize(
         self, view: RequestView, requirement: Requirement = AUTHENTICATED
     ) -> AccessToken | None:
         """The whole step for one request (see ``request.py``): the token to store, or None
         (a public route, or an optional one without bearer credentials); else an AuthError
-        carrying every challenge parameter."""
+        carrying every challenge parameter. The observer hears of it once."""
+        cached: bool | None = None  # None: nothing looked up (no token, or one reused)
+        begun = 0.0
         try:
             found = begin(self, view, requirement)
             if isinstance(found, Anonymous):
+                if self._reporter is not None and not requirement.public:
+                    self._reporter.authentication(Result.NONE, None, None, None, None)
                 return None
-            token = found if isinstance(found, AccessToken) else self.authenticate(found)
-            return settle(token, view, requirement)
+            if isinstance(found, AccessToken):
+                token = found
+            elif found is not None and (hit := self._cached(found)) is not None:
+                token, cached = hit, True
+            else:
+                begun, cached = perf_counter(), False
+                token, cached = self._verify_sync(found, None)
+            token = settle(token, view, requirement)
         except AuthError as exc:
-            raise self._challenge(exc, requirement) from None
+            raise self._refused(self._challenge(exc, requirement), cached, begun) from None
+        if self._reporter is not None and cached is not None:  # reused: reported upstream
+            self._succeeded(token, cached, begun)
+        return token
 
     async def authorize_async(
         self, view: RequestView, requirement: Requirement = AUTHENTICATED
     ) -> AccessToken | None:
         """The async twin of ``authorize``."""
+        cached: bool | None = None
+        begun = 0.0
         try:
             found = begin(self, view, requirement)
             if isinstance(found, Anonymous):
+                if self._reporter is not None and not requirement.public:
+                    self._reporter.authentication(Result.NONE, None, None, None, None)
                 return None
             if isinstance(found, AccessToken):
                 token = found
-            else:  # a token seen before needs no coroutine: the cache is looked up first
-                hit = self._cached(found) if found is not None else None
-                token = hit if hit is not None else await self.authenticate_async(found)
-            return settle(token, view, requirement)
+            elif found is not None and (hit := self._cached(found)) is not None:
+                token, cached = hit, True  # a token seen before needs no coroutine
+            else:
+                begun, cached = perf_counter(), False
+                token, cached = await self._verify_async(found, None)
+            token = settle(token, view, requirement)
         except AuthError as exc:
-            raise self._challenge(exc, requirement) from None
+            raise self._refused(self._challenge(exc, requirement), cached, begun) from None
+        if self._reporter is not None and cached is not None:
+            self._succeeded(token, cached, begun)
+        return token
+
+    # -- observation ----------------------------------------------------------------------------
+
+    @property
+    def observer(self) -> Observer | None:
+        """What this server reports its decisions and key fetches to (see ``observe.py``)."""
+        return self._reporter.observer if self._reporter is not None else None
+
+    @observer.setter
+    def observer(self, observer: Observer | None) -> None:
+        if observer is not None and not isinstance(observer, Observer):
+            raise ConfigurationError(
+                "observer must have on_authentication() and on_key_fetch() (see "
+                "bearerguard.observe.Observer)"
+            )
+        self._reporter = Reporter(observer) if observer is not None else None
+        for source in self.key_sources:
+            source.reporter = self._reporter
+
+    def _succeeded(self, token: AccessToken, cached: bool, begun: float) -> None:
+        assert self._reporter is not None
+        duration = None if cached else perf_counter() - begun
+        self._reporter.authentication(Result.SUCCESS, None, token, cached, duration)
+
+    def _refused(self, exc: AuthError, cached: bool | None, begun: float) -> AuthError:
+        """``exc``, reported: a miss (with its duration) if a token was being verified."""
+        if self._reporter is not None:
+            if exc.reason is Reason.MISSING_TOKEN:
+                cached = None
+            elif begun and cached is not True:
+                cached = False
+            duration = perf_counter() - begun if cached is False else None
+            self._reporter.authentication(result_of(exc.reason), exc.reason, None, cached, duration)
+        return exc
 
     # -- RFC 9728: what this resource says about itself -------------------------------------------
 
@@ -494,6 +563,23 @@ class ResourceServer:
         if exc.resource_metadata is None:
             exc.resource_metadata = self.metadata_url
         return exc
+
+    def _verify_sync(self, header: str | None, raw: str | None) -> tuple[AccessToken, bool]:
+        """(the token, whether the cache had it) for a header or a raw token; AuthError
+        without this server's challenge parameters otherwise."""
+        token = self._raw(raw) if raw is not None else self._credentials(header)
+        step = self._start(token, header)
+        if isinstance(step, _Pending):
+            return self._finish(step, step.source.get_key(step.kid)), False
+        return step, True
+
+    async def _verify_async(self, header: str | None, raw: str | None) -> tuple[AccessToken, bool]:
+        """The async twin of ``_verify_sync``."""
+        token = self._raw(raw) if raw is not None else self._credentials(header)
+        step = self._start(token, header)
+        if isinstance(step, _Pending):
+            return self._finish(step, await step.source.get_key_async(step.kid)), False
+        return step, True
 
     def _credentials(self, authorization: str | None) -> str:
         return credentials(authorization, max_length=self.max_token_length)
