@@ -20,6 +20,7 @@ from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
 from bearerguard import ConfigurationError, ResourceServer, require_scopes
+from bearerguard.claims import claim_equals
 from bearerguard.flask import BearerGuard, current_token
 from bearerguard.rules import Rule
 from bearerguard.testing import LocalIssuer
@@ -355,6 +356,44 @@ def test_settings_from_app_config(live_issuer: LocalIssuer) -> None:
     # built once per app: the same server on every request, and init_app again reuses it
     BearerGuard(app)
     assert app.extensions["bearerguard"] is server
+
+
+def test_metadata_claim_rules_and_observer_settings_from_app_config(
+    live_issuer: LocalIssuer,
+) -> None:
+    seen = Recorder()
+    app = config_app(
+        live_issuer,
+        BEARERGUARD_RESOURCE="https://shop.example/api",
+        BEARERGUARD_SCOPES_SUPPORTED=["read", "write"],
+        BEARERGUARD_RESOURCE_NAME="Shop",
+        BEARERGUARD_CLAIM_RULES=[claim_equals("tenant", "acme")],
+        BEARERGUARD_OBSERVER=seen,
+    )
+    guard = BearerGuard(app)
+
+    @app.get("/x")
+    @guard.require()
+    def view() -> dict[str, Any]:
+        return whoami()
+
+    client = app.test_client()
+    document = client.get("/.well-known/oauth-protected-resource/api").json
+    assert document == {
+        "resource": "https://shop.example/api",
+        "authorization_servers": [live_issuer.issuer],
+        "scopes_supported": ["read", "write"],
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Shop",
+    }
+    assert client.get("/x", headers=bearer(live_issuer.mint(tenant="acme"))).status_code == 200
+    response = client.get("/x", headers=bearer(live_issuer.mint(tenant="evil")))
+    assert_error(response, 401, "invalid_token")
+    assert seen.pairs() == [("success", None), ("failure", "claim_rule")]
+    switched_off = config_app(live_issuer, BEARERGUARD_RESOURCE_METADATA=False)
+    BearerGuard(switched_off, protect_all=True)
+    challenge = switched_off.test_client().get("/x").headers["WWW-Authenticate"]
+    assert "resource_metadata" not in challenge
 
 
 def test_require_typ_defaults_as_the_server_does(live_issuer: LocalIssuer) -> None:

@@ -52,7 +52,15 @@ _CONFIG_OPTIONS = (
     "require_typ",
     "scope_claims",
     "required_claims",
+    "claim_rules",
     "realm",
+    "resource",
+    "resource_metadata",
+    "scopes_supported",
+    "resource_name",
+    "resource_documentation",
+    "resource_policy_uri",
+    "resource_tos_uri",
     "max_token_length",
     "token_cache_size",
     "token_cache_ttl",
@@ -66,6 +74,7 @@ _CONFIG_OPTIONS = (
     "fetch_timeout",
     "http_client",
     "transport",
+    "observer",
 )
 
 
@@ -75,13 +84,15 @@ def server_from_config(config: Mapping[str, Any]) -> ResourceServer:
     Required: ``BEARERGUARD_ISSUER`` and ``BEARERGUARD_AUDIENCE`` (a string or a list of
     strings). Optional, each the ``ResourceServer`` argument of the same name:
     ``BEARERGUARD_JWKS_URI``, ``_ALGORITHMS``, ``_LEEWAY``, ``_REQUIRE_TYP`` (set it for Logto:
-    RFC 9068 ``at+jwt`` tokens), ``_SCOPE_CLAIMS``, ``_REQUIRED_CLAIMS``, ``_REALM``,
-    ``_MAX_TOKEN_LENGTH``, ``_TOKEN_CACHE_SIZE``, ``_TOKEN_CACHE_TTL``, ``_JWKS_TTL``,
-    ``_JWKS_MIN_TTL``, ``_JWKS_MAX_TTL``, ``_REFETCH_COOLDOWN``, ``_REFRESH_RETRY``,
-    ``_OUTAGE_RETRY_MAX``, ``_MAX_STALE``,
-    ``_FETCH_TIMEOUT``, ``_HTTP_CLIENT`` (an ``httpx.Client``) and ``_TRANSPORT`` (an httpx
-    transport). An unknown ``BEARERGUARD_*`` key is a ``ConfigurationError`` (a typo would
-    otherwise silently weaken the configuration).
+    RFC 9068 ``at+jwt`` tokens), ``_SCOPE_CLAIMS``, ``_REQUIRED_CLAIMS``, ``_CLAIM_RULES``,
+    ``_REALM``, the RFC 9728 ``_RESOURCE``, ``_RESOURCE_METADATA``, ``_SCOPES_SUPPORTED``,
+    ``_RESOURCE_NAME``, ``_RESOURCE_DOCUMENTATION``, ``_RESOURCE_POLICY_URI``,
+    ``_RESOURCE_TOS_URI``, ``_MAX_TOKEN_LENGTH``, ``_TOKEN_CACHE_SIZE``, ``_TOKEN_CACHE_TTL``,
+    ``_JWKS_TTL``, ``_JWKS_MIN_TTL``, ``_JWKS_MAX_TTL``, ``_REFETCH_COOLDOWN``,
+    ``_REFRESH_RETRY``, ``_OUTAGE_RETRY_MAX``, ``_MAX_STALE``, ``_FETCH_TIMEOUT``,
+    ``_HTTP_CLIENT`` (an ``httpx.Client``), ``_TRANSPORT`` (an httpx transport) and
+    ``_OBSERVER`` (metrics: see ``bearerguard.observe``). An unknown ``BEARERGUARD_*`` key is
+    a ``ConfigurationError`` (a typo would otherwise silently weaken the configuration).
     """
     known = {CONFIG_PREFIX + name.upper() for name in ("issuer", "audience", *_CONFIG_OPTIONS)}
     unknown = sorted(k for k in config if k.startswith(CONFIG_PREFIX) and k not in known)
