@@ -29,6 +29,7 @@ import httpx
 import pytest
 from jwt.algorithms import get_default_algorithms
 from procs import example_command, free_port, stop
+from prometheus_client.parser import text_string_to_metric_families
 
 from bearerguard.testing import LocalIssuer, SigningKey
 
@@ -588,13 +589,21 @@ def test_fastapi_example_documents_its_security(shop_issuer: LocalIssuer) -> Non
 
 
 @contextlib.contextmanager
-def running_example(kind: str, issuer_url: str, log: Path) -> Iterator[str]:
-    """Start the example under its real server; yield its base URL once /health answers."""
+def running_example(
+    kind: str,
+    issuer_url: str,
+    log: Path,
+    *,
+    args: list[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[str]:
+    """Start the example under its real server (with extra ``args`` and ``env``); yield its
+    base URL once /health answers."""
     port = free_port()
-    env = {**os.environ, "AUTH_ISSUER": issuer_url, "AUTH_AUDIENCE": AUDIENCE}
+    env = {**os.environ, **(env or {}), "AUTH_ISSUER": issuer_url, "AUTH_AUDIENCE": AUDIENCE}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            example_command(kind, port),
+            [*example_command(kind, port), *(args or [])],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -662,6 +671,92 @@ def test_under_the_real_server(kind: str, tmp_path: Path) -> None:
         whoami = call("GET", "/whoami", read).json()
         assert whoami["client_id"] == "test-client"
         assert whoami["scopes"] == [READ]
+
+        # GET /metrics is public and counts every decision above, by result and reason.
+        response = call("GET", "/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        samples = metric_samples(response.text)
+        auths = "bearerguard_authentications_total"
+        assert value(samples, auths, result="success", reason="") == 7
+        for result, reason in (
+            ("none", "missing_token"),
+            ("failure", "malformed_header"),
+            ("failure", "insufficient_scope"),
+            ("failure", "bad_signature"),
+        ):
+            assert value(samples, auths, result=result, reason=reason) == 1
+        assert value(samples, auths, result="failure", reason="expired") == 0
+        # Verified: the first read, the first write, "a b" and the forgery; the rest cached.
+        assert value(samples, "bearerguard_token_cache_total", result="miss") == 4
+        assert value(samples, "bearerguard_token_cache_total", result="hit") == 5
+        assert value(samples, "bearerguard_verification_duration_seconds_count") == 4
+        assert value(samples, "bearerguard_jwks_fetches_total", issuer=url, result="success") == 1
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def metric_samples(text: str) -> Samples:
+    """{(sample name, sorted labels): value} from Prometheus text."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def test_flask_metrics_add_up_across_gunicorn_workers(tmp_path: Path) -> None:
+    """prometheus-client's multiprocess mode: whichever worker answers /metrics, it counts
+    the requests every worker served."""
+    issuer = LocalIssuer(audience=AUDIENCE)
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    (directory / "counter_1.db").write_bytes(b"left over from an earlier run")
+    with (
+        issuer.serve() as url,
+        running_example(
+            "flask",
+            url,
+            tmp_path / "server.log",
+            args=["-w", "2"],
+            env={"PROMETHEUS_MULTIPROC_DIR": str(directory)},
+        ) as base,
+    ):
+        token = issuer.mint(READ)
+
+        def totals() -> Samples:
+            response = httpx.get(base + "/metrics", headers={"Connection": "close"}, timeout=10)
+            assert response.status_code == 200
+            return metric_samples(response.text)
+
+        sent = 0
+        # Each worker verifies the token once (a cache miss) and then serves it from its
+        # own cache: two misses mean both workers served requests.
+        misses = "bearerguard_token_cache_total"
+        while sent < 20 or value(totals(), misses, result="miss") < 2:
+            response = httpx.get(
+                base + "/products",
+                headers={**auth(token), "Connection": "close"},
+                timeout=10,
+            )
+            assert response.status_code == 200
+            sent += 1
+            assert sent < 400, "one gunicorn worker served every request"
+        for _ in range(4):  # asked of either worker, the sums are the same
+            samples = totals()
+            auths = "bearerguard_authentications_total"
+            assert value(samples, auths, result="success", reason="") == sent
+            assert value(samples, misses, result="miss") == 2
+            assert value(samples, misses, result="hit") == sent - 2
+            fetches = "bearerguard_jwks_fetches_total"
+            assert value(samples, fetches, issuer=url, result="success") == 2
+            stamp = "bearerguard_jwks_last_success_timestamp_seconds"
+            assert value(samples, stamp, issuer=url) > 0
 
 
 @pytest.mark.parametrize("kind", sorted(EXAMPLES))

@@ -26,7 +26,14 @@ from bearerguard.fastapi import BearerAuth
 ISSUER = os.environ.get("AUTH_ISSUER", "http://127.0.0.1:3001/oidc")
 AUDIENCE = os.environ.get("AUTH_AUDIENCE", "https://shopping.api")
 
-server = ResourceServer(ISSUER, AUDIENCE, require_typ=True)
+try:  # Prometheus metrics at GET /metrics when prometheus-client is installed
+    from bearerguard.prometheus import PrometheusObserver, exposition
+except ImportError:
+    observer, exposition = None, None
+else:
+    observer = PrometheusObserver()
+
+server = ResourceServer(ISSUER, AUDIENCE, require_typ=True, observer=observer)
 auth = BearerAuth(
     server,
     scopes={"read:products": "Read the product catalogue", "write:products": "Change products"},
@@ -63,7 +70,7 @@ async def invalid_body(request: Request, exc: RequestValidationError) -> JSONRes
 app.add_middleware(
     BearerAuthMiddleware,
     server=server,
-    public=["/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"],
+    public=["/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"],
 )
 
 
@@ -112,6 +119,14 @@ store = Store()
 @app.get("/health")
 def health() -> dict[str, str]:
     return {"status": "ok"}
+
+
+if exposition is not None:
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
 
 
 @app.get("/products")

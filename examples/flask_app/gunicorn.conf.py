@@ -8,6 +8,7 @@ Run: .venv/bin/python -m gunicorn -c examples/flask_app/gunicorn.conf.py \\
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from bearerguard import WarmUpError
@@ -21,3 +22,13 @@ def post_worker_init(worker: Any) -> None:
         server.warm_up()
     except WarmUpError as exc:
         logging.getLogger("shopping").warning("starting without signing keys: %s", exc)
+
+
+def on_starting(server: Any) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR set, /metrics adds up every worker's counts; the
+    directory must start empty, or counts of an earlier run would be added in."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if name.endswith(".db"):
+                os.remove(os.path.join(directory, name))

@@ -19,15 +19,24 @@ from werkzeug.exceptions import HTTPException
 
 from bearerguard.flask import BearerGuard, current_token
 
+try:  # Prometheus metrics at GET /metrics when prometheus-client is installed (under
+    # gunicorn's several workers, set PROMETHEUS_MULTIPROC_DIR: see gunicorn.conf.py)
+    from bearerguard.prometheus import PrometheusObserver, exposition
+except ImportError:
+    observer, exposition = None, None
+else:
+    observer = PrometheusObserver()
+
 app = Flask(__name__)
 app.config.update(
     BEARERGUARD_ISSUER=os.environ.get("AUTH_ISSUER", "http://127.0.0.1:3001/oidc"),
     BEARERGUARD_AUDIENCE=os.environ.get("AUTH_AUDIENCE", "https://shopping.api"),
     BEARERGUARD_REQUIRE_TYP=True,  # RFC 9068 "at+jwt" access tokens, as Logto issues
+    BEARERGUARD_OBSERVER=observer,
 )
 # Deny by default: every route needs a valid token unless listed here;
 # @guard.require then adds each route's scopes.
-guard = BearerGuard(app, protect_all=True, public=["/health"])
+guard = BearerGuard(app, protect_all=True, public=["/health", "/metrics"])
 
 
 @app.errorhandler(HTTPException)
@@ -94,6 +103,14 @@ def new_product(body: Any) -> tuple[str, float]:
 @app.get("/health")
 def health() -> Any:
     return {"status": "ok"}
+
+
+if exposition is not None:
+
+    @app.get("/metrics")
+    def metrics() -> Any:
+        body, content_type = exposition()
+        return body, 200, {"Content-Type": content_type}
 
 
 @app.get("/products")
