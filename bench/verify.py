@@ -162,17 +162,83 @@ def bench_alg(alg: str, rounds: int, target_s: float) -> dict[str, Any]:
     }
 
 
+def observer_runs(issuer: LocalIssuer) -> dict[str, Callable[[], Any]]:
+    """The per-request hit path (``authorize``, as every adapter calls it) with no observer,
+    the Prometheus one and the OpenTelemetry one (its SDK, reading into memory)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from prometheus_client import CollectorRegistry
+
+    from bearerguard.otel import OpenTelemetryObserver
+    from bearerguard.prometheus import PrometheusObserver
+    from bearerguard.request import RequestView
+    from bearerguard.rules import Requirement
+
+    token = issuer.mint("read:products write:products")
+    requirement = Requirement(scopes=("read:products",))
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    observers = {
+        "no observer": None,
+        "Prometheus observer": PrometheusObserver(CollectorRegistry()),
+        "OpenTelemetry observer (SDK)": OpenTelemetryObserver(provider),
+    }
+    runs: dict[str, Callable[[], Any]] = {}
+    for name, observer in observers.items():
+        server = issuer.resource_server(AUDIENCE, transport=None, observer=observer)
+        view = RequestView("GET", [f"Bearer {token}"])
+        assert server.authorize(view, requirement) is not None  # verified once: then hits
+
+        def run(server: Any = server, view: RequestView = view) -> Any:
+            return server.authorize(view, requirement)
+
+        runs[name] = run
+    return runs
+
+
+def bench_observers(rounds: int, target_s: float) -> dict[str, float]:
+    """Median µs per request on the hit path, per observer (interleaved rounds)."""
+    issuer = LocalIssuer("https://issuer.test/oidc", audience=AUDIENCE, alg="ES384")
+    with issuer.serve():
+        runs = observer_runs(issuer)
+        sizes = {
+            n: max(200, int(target_s / max(time_batch(f, 200), 1e-8))) for n, f in runs.items()
+        }
+        samples: dict[str, list[float]] = {name: [] for name in runs}
+        names = list(runs)
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                samples[name].append(time_batch(runs[name], sizes[name]))
+    return {name: statistics.median(v) * 1e6 for name, v in samples.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--batch-seconds", type=float, default=0.02)
     parser.add_argument("--algs", default="ES384,RS256,EdDSA,ES256")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--observers-only", action="store_true", help="only the observers' cost on the hit path"
+    )
     args = parser.parse_args()
-    reports = [bench_alg(a, args.rounds, args.batch_seconds) for a in args.algs.split(",")]
+    observed = bench_observers(args.rounds, args.batch_seconds)
+    if args.observers_only:
+        reports = []
+    else:
+        reports = [bench_alg(a, args.rounds, args.batch_seconds) for a in args.algs.split(",")]
     if args.json:
-        print(json.dumps(reports, indent=2))
+        print(json.dumps({"verify": reports, "observers_us": observed}, indent=2))
         return
+    base = observed["no observer"]
+    print(f"hit path per request (authorize, ES384), median of {args.rounds} interleaved rounds")
+    print("| observer | per request | added |")
+    print("|---|---|---|")
+    for name, us in observed.items():
+        added = "" if name == "no observer" else f"+{us - base:.2f} µs"
+        print(f"| {name} | {us:.2f} µs | {added} |")
+    if not reports:
+        return
+    print()
     names = list(reports[0]["results"])
     print(f"per-token verification, median of {args.rounds} interleaved rounds; ratio to floor")
     print("| contender | " + " | ".join(r["alg"] for r in reports) + " |")

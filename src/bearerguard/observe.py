@@ -88,10 +88,11 @@ class Reporter:
     """Calls an observer, never letting it break a request: the first failure is logged
     (with its traceback), later ones are counted silently."""
 
-    __slots__ = ("failures", "observer")
+    __slots__ = ("_on_authentication", "failures", "observer")
 
     def __init__(self, observer: Observer) -> None:
         self.observer = observer
+        self._on_authentication = observer.on_authentication  # bound once: the hot path
         self.failures = 0
 
     def authentication(
@@ -103,7 +104,7 @@ class Reporter:
         duration: float | None,
     ) -> None:
         try:
-            self.observer.on_authentication(result, reason, token, cached, duration)
+            self._on_authentication(result, reason, token, cached, duration)
         except Exception:
             self._failed()
 

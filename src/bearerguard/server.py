@@ -330,8 +330,10 @@ class ResourceServer:
             token = settle(token, view, requirement)
         except AuthError as exc:
             raise self._refused(self._challenge(exc, requirement), cached, begun) from None
-        if self._reporter is not None and cached is not None:  # reused: reported upstream
-            self._succeeded(token, cached, begun)
+        reporter = self._reporter
+        if reporter is not None and cached is not None:  # reused: reported upstream
+            duration = None if cached else perf_counter() - begun
+            reporter.authentication(Result.SUCCESS, None, token, cached, duration)
         return token
 
     async def authorize_async(
@@ -356,8 +358,10 @@ class ResourceServer:
             token = settle(token, view, requirement)
         except AuthError as exc:
             raise self._refused(self._challenge(exc, requirement), cached, begun) from None
-        if self._reporter is not None and cached is not None:
-            self._succeeded(token, cached, begun)
+        reporter = self._reporter
+        if reporter is not None and cached is not None:
+            duration = None if cached else perf_counter() - begun
+            reporter.authentication(Result.SUCCESS, None, token, cached, duration)
         return token
 
     # -- observation ----------------------------------------------------------------------------
