@@ -437,7 +437,8 @@ class KeySource:
     def _state(self, state: str, error: str | None) -> None:
         """Log issuer trouble once per change of state (a flood of failed fetches or of bad
         tokens makes no flood of warnings); each failed fetch is still a DEBUG line."""
-        was, self._health = self._health, state
+        with self._guard:  # two fetches ending at once (a waiter took over) log one change
+            was, self._health = self._health, state
         if state == was:
             if error is not None:
                 log.debug("bearerguard: refresh from %s failed again: %s", self.issuer, error)
