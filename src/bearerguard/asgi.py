@@ -15,7 +15,7 @@ from .claims import NO_PARAMS
 from .errors import AuthError, InvalidRequest
 from .metadata import respond
 from .request import RequestView
-from .rules import Rule, RuleSet
+from .rules import Requirement, Rule, RuleSet
 from .server import ResourceServer
 from .token import AccessToken
 
@@ -219,4 +219,16 @@ class BearerAuthMiddleware:
             await send_error(exc, scope, send)
             return
         store(scope, token)
+        await self.forward(scope, receive, send, requirement, token)
+
+    async def forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        requirement: Requirement,
+        token: AccessToken | None,
+    ) -> None:
+        """Hand an authorized request to the app (a subclass may look further first: the
+        MCP guard reads the JSON-RPC body)."""
         await self.app(scope, receive, send)
