@@ -130,6 +130,7 @@ def test_discovery_documents(client: AppClient, path: str) -> None:
     assert metadata["issuer"] == DEFAULT_ISSUER == "http://127.0.0.1:3001/oidc"
     assert metadata["jwks_uri"] == DEFAULT_ISSUER + "/jwks"
     assert metadata["token_endpoint"] == DEFAULT_ISSUER + "/token"
+    assert metadata["authorization_endpoint"] == DEFAULT_ISSUER + "/auth"
     assert metadata["grant_types_supported"] == ["client_credentials"]
     assert metadata["token_endpoint_auth_methods_supported"] == [
         "client_secret_basic",
@@ -156,6 +157,10 @@ def test_jwks_like_logto(client: AppClient, issuer: DevIssuer) -> None:
 def test_unknown_paths_and_methods(client: AppClient) -> None:
     assert client.get("/oidc/token").status_code == 405
     assert client.get("/oidc/userinfo").status_code == 404
+    # Advertised because RFC 8414 requires it; only client credentials are served.
+    response = client.get("/oidc/auth?response_type=code&client_id=shopping-admin")
+    assert response.status_code == 400
+    assert response.json()["error"] == "unsupported_response_type"
 
 
 # -- the token endpoint ---------------------------------------------------------------------------
@@ -595,3 +600,15 @@ def test_create_app_is_the_starlette_app(clock: Clock) -> None:
 def test_issuer_must_be_an_http_url() -> None:
     with pytest.raises(ConfigurationError, match="issuer must be"):
         DevIssuer(issuer="ftp://x/oidc")
+
+
+def test_an_mcp_servers_url_is_a_resource_indicator_on_loopback_only(tmp_path: Path) -> None:
+    config = load_config(EXAMPLE)
+    mcp = config.resource("http://127.0.0.1:8003/mcp")
+    assert mcp is not None
+    stats = config.app("stats-service")
+    assert stats is not None
+    assert config.granted_scopes(stats, mcp) == {"read:products"}
+    text = EXAMPLE.read_text().replace("http://127.0.0.1:8003/mcp", "http://mcp.example.com/mcp")
+    with pytest.raises(ConfigurationError, match="http:// indicator must be on loopback"):
+        parse_config(text)

@@ -130,6 +130,9 @@ class DevIssuer:
         """The discovery document (RFC 8414 / OIDC Discovery)."""
         return {
             "issuer": self.issuer,
+            # RFC 8414 requires it, and OAuth clients (the MCP SDK's among them) refuse
+            # metadata without it; it answers that only client credentials are served here.
+            "authorization_endpoint": self.issuer + "/auth",
             "jwks_uri": self.jwks_uri,
             "token_endpoint": self.token_endpoint,
             "grant_types_supported": ["client_credentials"],
@@ -241,11 +244,20 @@ class DevIssuer:
             paths.append(f"/.well-known/oauth-authorization-server{base}")
         routes = [Route(p, self._metadata, methods=["GET"]) for p in paths]
         routes.append(Route(base + "/jwks", self._jwks, methods=["GET"]))
+        routes.append(Route(base + "/auth", self._authorize, methods=["GET", "POST"]))
         routes.append(Route(base + "/token", self._token, methods=["POST", "OPTIONS"]))
         return Starlette(routes=routes)
 
     async def _metadata(self, request: Request) -> Response:
         return JSONResponse(self.metadata(), headers={"Cache-Control": "no-cache"})
+
+    async def _authorize(self, request: Request) -> Response:
+        body = {
+            "error": "unsupported_response_type",
+            "error_description": "the dev issuer serves machine-to-machine apps only: use the "
+            "client_credentials grant at the token endpoint",
+        }
+        return JSONResponse(body, status_code=400)
 
     async def _jwks(self, request: Request) -> Response:
         body = json.dumps(self.keys.jwks()).encode()

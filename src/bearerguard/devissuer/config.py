@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
+from ..fetch import is_loopback
 
 __all__ = ["App", "IssuerConfig", "Resource", "Role", "load_config", "parse_config"]
 
@@ -219,6 +220,12 @@ def _check_indicator(indicator: str, where: str) -> None:
     parts = urlsplit(indicator)
     if not parts.scheme or not (parts.netloc or parts.path) or "#" in indicator:
         raise ConfigurationError(f"{where}: the indicator must be an absolute URI without fragment")
+    # An MCP server's indicator is its own URL; plain http only on loopback (development).
+    if parts.scheme.lower() == "http" and not is_loopback(parts.hostname):
+        raise ConfigurationError(
+            f"{where}: an http:// indicator must be on loopback (127.0.0.1, localhost, ::1); "
+            "use https:// for anything else"
+        )
 
 
 def _check_scopes(scopes: Iterable[str], where: str) -> None:
