@@ -22,6 +22,7 @@ from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuth
 from mcp.client.streamable_http import streamable_http_client
 from procs import free_port, interpreter, stop
 
+from bearerguard.client import ClientCredentialsAuth
 from bearerguard.devissuer import DevIssuer, parse_config
 from bearerguard.mcp import MCPGuard, MCPTokenVerifier
 from bearerguard.testing import LocalIssuer
@@ -579,8 +580,81 @@ def test_the_sdks_client_credentials_provider_discovers_everything_from_the_401(
                 return me.structured_content
 
         me = asyncio.run(run("shopping-admin", "dev-only-shopping-admin-secret"))
+
+        async def ours() -> Any:  # bearerguard's ClientCredentialsAuth on the SDK's client
+            auth = ClientCredentialsAuth(
+                issuer=issuer_url,
+                client_id="stats-service",
+                client_secret="dev-only-stats-service-secret",
+                resource=url,
+                scope=[READ, WRITE],  # narrowed to what the app's roles grant
+            )
+            async with (
+                httpx2.AsyncClient(auth=auth) as http,
+                Client(streamable_http_client(url, http_client=http)) as client,
+            ):
+                return (await client.call_tool("whoami", {})).structured_content
+
+        stats = asyncio.run(ours())
+    assert stats == {"sub": "stats-service", "client_id": "stats-service", "scopes": [READ]}
     assert me == {
         "sub": "shopping-admin",
         "client_id": "shopping-admin",
         "scopes": [READ, WRITE],
     }
+
+
+@pytest.mark.anyio
+async def test_the_sdks_own_auth_with_our_verifier(issuer: LocalIssuer) -> None:
+    from mcp.server.auth.middleware.auth_context import get_access_token
+    from mcp.server.auth.settings import AuthSettings
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    app = MCPServer(
+        "verifier",
+        token_verifier=MCPTokenVerifier(issuer.resource_server(MCP_URL)),
+        auth=AuthSettings(
+            issuer_url=issuer.issuer,  # type: ignore[arg-type]
+            resource_server_url=MCP_URL,  # type: ignore[arg-type]
+            required_scopes=[READ],
+            validate_token_resource=True,  # our AccessToken.resource is the audience matched
+        ),
+    )
+
+    @app.tool()
+    def me() -> dict[str, Any]:
+        access = get_access_token()
+        assert access is not None
+        return {"client_id": access.client_id, "scopes": access.scopes, "aud": access.resource}
+
+    asgi = app.streamable_http_app(
+        stateless_http=True,
+        json_response=True,
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+    )
+
+    async def as_client(token: str) -> Any:
+        transport = httpx2.ASGITransport(app=asgi)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with (
+            httpx2.AsyncClient(transport=transport, headers=headers) as http,
+            Client(streamable_http_client(MCP_URL, http_client=http)) as client,
+        ):
+            return (await client.call_tool("me", {})).structured_content
+
+    async with app.session_manager.run():
+        assert await as_client(issuer.mint(READ)) == {
+            "client_id": "test-client",
+            "scopes": [READ],
+            "aud": MCP_URL,
+        }
+        transport = httpx2.ASGITransport(app=asgi)
+        async with httpx2.AsyncClient(transport=transport) as http:
+            bad = issuer.tampered(issuer.mint(READ))
+            response = await http.post(
+                MCP_URL,
+                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                headers={**JSON_AND_SSE, "Authorization": f"Bearer {bad}"},
+            )
+    assert response.status_code == 401

@@ -27,11 +27,12 @@ import time
 import weakref
 from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus
 
 import httpx
 
+from .clients import BYTE_STREAMS, httpx2
 from .errors import ConfigurationError
 from .fetch import (
     USER_AGENT,
@@ -52,7 +53,8 @@ __all__ = ["ClientCredentialsAuth", "TokenRequestError", "fetch_token"]
 
 DEFAULT_LIFETIME = 300.0  # when the token endpoint names no expires_in
 _INVALID_TOKEN = re.compile(r"""\berror\s*=\s*"?invalid_token\b""", re.IGNORECASE)
-Transport = httpx.BaseTransport | httpx.AsyncBaseTransport
+if TYPE_CHECKING:
+    from .clients import AsyncClient, SyncClient, Transport
 
 
 class TokenRequestError(Exception):
@@ -107,8 +109,17 @@ def _rejected(response: httpx.Response) -> bool:
     )
 
 
-class ClientCredentialsAuth(httpx.Auth):
-    """An ``httpx.Auth`` adding a client-credentials access token to every request.
+if TYPE_CHECKING or httpx2 is None:
+    _Auth = httpx.Auth
+else:
+
+    class _Auth(httpx.Auth, httpx2.Auth):
+        """Both packages' ``Auth``: each client checks for its own."""
+
+
+class ClientCredentialsAuth(_Auth):
+    """An ``httpx.Auth`` adding a client-credentials access token to every request (an
+    ``httpx2.Auth`` too when httpx2 is installed, e.g. for the MCP SDK's client).
 
     Give ``token_endpoint``, or ``issuer`` to find it by discovery (OIDC, then RFC 8414).
     ``scope`` is a space-delimited string or a list. The token is refreshed ``margin``
@@ -129,8 +140,8 @@ class ClientCredentialsAuth(httpx.Auth):
         margin: float = 60.0,
         timeout: float = 10.0,
         transport: Transport | None = None,
-        http_client: httpx.Client | None = None,
-        async_http_client: httpx.AsyncClient | None = None,
+        http_client: SyncClient | None = None,
+        async_http_client: AsyncClient | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if (token_endpoint is None) == (issuer is None):
@@ -173,7 +184,7 @@ class ClientCredentialsAuth(httpx.Auth):
         response = yield request
         if _rejected(response):
             self._forget(token)
-            if isinstance(request.stream, httpx.ByteStream):  # a body we can send again
+            if isinstance(request.stream, BYTE_STREAMS):  # a body we can send again
                 request.headers["Authorization"] = f"Bearer {self._get_sync().value}"
                 yield request
 
@@ -185,7 +196,7 @@ class ClientCredentialsAuth(httpx.Auth):
         response = yield request
         if _rejected(response):
             self._forget(token)
-            if isinstance(request.stream, httpx.ByteStream):
+            if isinstance(request.stream, BYTE_STREAMS):
                 request.headers["Authorization"] = f"Bearer {(await self._get_async()).value}"
                 yield request
 

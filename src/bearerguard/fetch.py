@@ -18,11 +18,19 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 
+from .clients import (
+    ASYNC_TRANSPORTS,
+    HTTP_ERRORS,
+    SYNC_TRANSPORTS,
+    headers_of,
+    module_of,
+    native,
+)
 from .errors import ConfigurationError
 from .keys import JWKSError, KeyCache, KeySet, VerificationKey, cache_max_age
 from .observe import FetchResult as Outcome
@@ -34,7 +42,8 @@ log = logging.getLogger("bearerguard")
 
 MAX_DOCUMENT_BYTES = 512 * 1024
 USER_AGENT = "bearerguard"
-Transport = httpx.BaseTransport | httpx.AsyncBaseTransport
+if TYPE_CHECKING:
+    from .clients import AsyncClient, SyncClient, Transport
 
 
 class FetchError(Exception):
@@ -179,17 +188,24 @@ def metadata_url(metadata: dict[str, Any], name: str) -> str:
         raise FetchError(str(exc)) from None
 
 
-def sync_client(timeout: float, transport: Transport | None) -> httpx.Client:
-    """A short-lived client for one fetch; ConfigurationError for an async-only transport."""
-    if transport is not None and not isinstance(transport, httpx.BaseTransport):
+def sync_client(timeout: float, transport: Transport | None) -> SyncClient:
+    """A short-lived client for one fetch (of the transport's package, httpx or httpx2);
+    ConfigurationError for an async-only transport."""
+    if transport is not None and not isinstance(transport, SYNC_TRANSPORTS):
         raise ConfigurationError("the transport is async-only: it needs an httpx.AsyncClient")
-    return httpx.Client(timeout=timeout, transport=transport, verify=_verify())
+    client: SyncClient = module_of(transport).Client(
+        timeout=timeout, transport=transport, verify=_verify()
+    )
+    return client
 
 
-def async_client(timeout: float, transport: Transport | None) -> httpx.AsyncClient:
-    if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+def async_client(timeout: float, transport: Transport | None) -> AsyncClient:
+    if transport is not None and not isinstance(transport, ASYNC_TRANSPORTS):
         raise ConfigurationError("the transport is sync-only: it needs an httpx.Client")
-    return httpx.AsyncClient(timeout=timeout, transport=transport, verify=_verify())
+    client: AsyncClient = module_of(transport).AsyncClient(
+        timeout=timeout, transport=transport, verify=_verify()
+    )
+    return client
 
 
 def traced(
@@ -210,7 +226,7 @@ def traced(
 
 def run_sync(
     flow: Generator[httpx.Request, Fetched, T],
-    client: httpx.Client,
+    client: SyncClient,
     *,
     deadline: float,
     max_bytes: int = MAX_DOCUMENT_BYTES,
@@ -230,7 +246,7 @@ def run_sync(
 
 async def run_async(
     flow: Generator[httpx.Request, Fetched, T],
-    client: httpx.AsyncClient,
+    client: AsyncClient,
     *,
     max_bytes: int = MAX_DOCUMENT_BYTES,
 ) -> T:
@@ -248,12 +264,13 @@ async def run_async(
 
 
 def send_sync(
-    client: httpx.Client, request: httpx.Request, *, deadline: float, max_bytes: int
+    client: SyncClient, request: httpx.Request, *, deadline: float, max_bytes: int
 ) -> Fetched:
     try:
         # Never follow a redirect, whatever the client's own setting: a 3xx could lead off the
         # checked https/loopback URL, so it is a failed fetch.
-        response = client.send(request, stream=True, follow_redirects=False)
+        outgoing = native(module_of(client), request)
+        response = client.send(outgoing, stream=True, follow_redirects=False)
         try:
             body = bytearray()
             for chunk in response.iter_bytes():
@@ -264,16 +281,15 @@ def send_sync(
                     raise Unreachable(f"{request.url} took too long")
         finally:
             response.close()
-    except httpx.HTTPError as exc:
+    except HTTP_ERRORS as exc:
         raise Unreachable(f"{request.url}: {type(exc).__name__}: {exc}") from None
-    return Fetched(response.status_code, response.headers, bytes(body))
+    return Fetched(response.status_code, headers_of(response), bytes(body))
 
 
-async def send_async(
-    client: httpx.AsyncClient, request: httpx.Request, *, max_bytes: int
-) -> Fetched:
+async def send_async(client: AsyncClient, request: httpx.Request, *, max_bytes: int) -> Fetched:
     try:
-        response = await client.send(request, stream=True, follow_redirects=False)
+        outgoing = native(module_of(client), request)
+        response = await client.send(outgoing, stream=True, follow_redirects=False)
         try:
             body = bytearray()
             async for chunk in response.aiter_bytes():
@@ -282,9 +298,9 @@ async def send_async(
                     raise Unreachable(f"{request.url} answered more than {max_bytes} B")
         finally:
             await response.aclose()
-    except httpx.HTTPError as exc:
+    except HTTP_ERRORS as exc:
         raise Unreachable(f"{request.url}: {type(exc).__name__}: {exc}") from None
-    return Fetched(response.status_code, response.headers, bytes(body))
+    return Fetched(response.status_code, headers_of(response), bytes(body))
 
 
 def run_bounded(fn: Callable[[], T], seconds: float, *, what: str = "the fetch") -> T:
@@ -324,8 +340,8 @@ class KeySource:
         cache: KeyCache,
         timeout: float,
         clock: Callable[[], float],
-        http_client: httpx.Client | None = None,
-        async_http_client: httpx.AsyncClient | None = None,
+        http_client: SyncClient | None = None,
+        async_http_client: AsyncClient | None = None,
         transport: Transport | None = None,
     ) -> None:
         self.issuer = issuer
@@ -350,10 +366,8 @@ class KeySource:
         if self.transport is None:
             return True
         if face == "sync":
-            return self.http_client is not None or isinstance(self.transport, httpx.BaseTransport)
-        return self.async_http_client is not None or isinstance(
-            self.transport, httpx.AsyncBaseTransport
-        )
+            return self.http_client is not None or isinstance(self.transport, SYNC_TRANSPORTS)
+        return self.async_http_client is not None or isinstance(self.transport, ASYNC_TRANSPORTS)
 
     def check_face(self, face: str) -> None:
         """ConfigurationError unless ``serves(face)``: e.g. an ASGI transport on the sync face."""

@@ -9,15 +9,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
-
-import httpx
 
 from .bearer import credentials, undecodable
 from .claims import ClaimRule
+from .clients import ASYNC_CLIENTS, ASYNC_TRANSPORTS, SYNC_CLIENTS, SYNC_TRANSPORTS
 from .errors import AuthError, ConfigurationError, InsufficientScope, InvalidToken, Reason
-from .fetch import KeySource, Transport, WarmUpError, check_url
+from .fetch import KeySource, WarmUpError, check_url
 from .keys import CachePolicy, KeyCache, VerificationKey
 from .metadata import ResourceMetadata, metadata_url, scopes_in_order
 from .observe import Observer, Reporter, Result, result_of
@@ -37,6 +36,9 @@ from .verify import (
     segment_json,
     split,
 )
+
+if TYPE_CHECKING:
+    from .clients import AsyncClient, SyncClient, Transport
 
 __all__ = ["ResourceServer"]
 
@@ -126,8 +128,8 @@ class ResourceServer:
         refresh_retry: float = 30.0,
         outage_retry_max: float = 5.0,
         fetch_timeout: float = 5.0,
-        http_client: httpx.Client | httpx.AsyncClient | None = None,
-        async_http_client: httpx.AsyncClient | None = None,
+        http_client: SyncClient | AsyncClient | None = None,
+        async_http_client: AsyncClient | None = None,
         transport: Transport | None = None,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.time,
@@ -186,16 +188,22 @@ class ResourceServer:
         if not policy.min_ttl <= policy.default_ttl <= policy.max_ttl:
             raise ConfigurationError("need jwks_min_ttl <= jwks_ttl <= jwks_max_ttl")
         if transport is not None and not isinstance(
-            transport, (httpx.BaseTransport, httpx.AsyncBaseTransport)
+            transport, (*SYNC_TRANSPORTS, *ASYNC_TRANSPORTS)
         ):
-            raise ConfigurationError("transport must be an httpx transport (sync or async)")
-        if http_client is not None and not isinstance(
-            http_client, (httpx.Client, httpx.AsyncClient)
-        ):
-            raise ConfigurationError("http_client must be an httpx.Client or httpx.AsyncClient")
-        sync_client = http_client if isinstance(http_client, httpx.Client) else None
-        if isinstance(http_client, httpx.AsyncClient):
-            async_http_client = async_http_client or http_client
+            raise ConfigurationError(
+                "transport must be an httpx (or httpx2) transport, sync or async"
+            )
+        if http_client is not None and not isinstance(http_client, (*SYNC_CLIENTS, *ASYNC_CLIENTS)):
+            raise ConfigurationError(
+                "http_client must be an httpx.Client or httpx.AsyncClient (httpx2's too)"
+            )
+        if async_http_client is not None and not isinstance(async_http_client, ASYNC_CLIENTS):
+            raise ConfigurationError("async_http_client must be an httpx or httpx2 AsyncClient")
+        sync_client = (
+            cast("SyncClient", http_client) if isinstance(http_client, SYNC_CLIENTS) else None
+        )
+        if isinstance(http_client, ASYNC_CLIENTS):
+            async_http_client = async_http_client or cast("AsyncClient", http_client)
         source_args: dict[str, Any] = {
             "timeout": _positive(fetch_timeout, "fetch_timeout"),
             "clock": clock,
