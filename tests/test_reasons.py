@@ -12,7 +12,7 @@ import pytest
 from bearerguard import AuthError, Reason, ResourceServer
 from bearerguard.claims import claim_equals
 from bearerguard.request import RequestView
-from bearerguard.rules import Requirement
+from bearerguard.rules import Requirement, Rule, RuleSet
 from bearerguard.testing import LocalIssuer, SigningKey
 
 README = Path(__file__).parents[1] / "README.md"
@@ -39,6 +39,13 @@ def refused(
     return info.value
 
 
+def refused_path(path: str) -> AuthError:
+    rules = RuleSet([Rule("/admin", scopes="admin")])
+    with pytest.raises(AuthError) as info:
+        rules.requirement("GET", path)
+    return info.value
+
+
 def bearer(token: str) -> str:
     return f"Bearer {token}"
 
@@ -54,6 +61,7 @@ def down() -> ResourceServer:
 SCENARIOS: dict[str, list[Callable[[], AuthError]]] = {
     "missing_token": [lambda: refused(None), lambda: refused("Basic abc")],
     "malformed_header": [lambda: refused("Bearer"), lambda: refused("Bearer a b")],
+    "malformed_request": [lambda: refused_path("/admin\n"), lambda: refused_path("/a\x00b")],
     "token_too_large": [lambda: refused(bearer("a" * 9000))],
     "malformed_token": [lambda: refused(bearer("a.b.c")), lambda: refused(bearer("opaque"))],
     "unsupported_alg": [

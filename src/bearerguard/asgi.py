@@ -212,11 +212,11 @@ class BearerAuthMiddleware:
             await send_metadata(self.server, scope, send)  # public, even under deny-by-default
             return
         view = request_view(scope)
-        requirement = self.rules.requirement(view.method, *_spellings(scope))
         try:
+            requirement = self.rules.requirement(view.method, *_spellings(scope))
             token = await self.server.authorize_async(view, requirement)
         except AuthError as exc:
-            await send_error(exc, scope, send)
+            await send_error(self.server.with_realm(exc), scope, send)
             return
         store(scope, token)
         await self.forward(scope, receive, send, requirement, token)

@@ -45,6 +45,7 @@ class Reason(str, Enum):
 
     MISSING_TOKEN = "missing_token"  # noqa: S105 (a reason, no secret): no header, or another scheme
     MALFORMED_HEADER = "malformed_header"  # not "Bearer <token68>", or several headers
+    MALFORMED_REQUEST = "malformed_request"  # a path with control characters
     TOKEN_TOO_LARGE = "token_too_large"  # noqa: S105
     MALFORMED_TOKEN = "malformed_token"  # noqa: S105 (not a JWT we can read, bad claim types)
     UNSUPPORTED_ALG = "unsupported_alg"  # alg not allowed

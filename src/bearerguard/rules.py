@@ -20,11 +20,15 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from .claims import ClaimRule
+from .errors import InvalidRequest, Reason
 
 __all__ = ["Requirement", "Rule", "RuleSet"]
 
 _PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 _SLASHES = re.compile(r"//+")
+# No path a client means holds these; "/admin\n" (from "%0A") still reaches Starlette's
+# "/admin" route, whose regex ends in "$", while no rule for "/admin" would match it.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -300,7 +304,8 @@ class RuleSet:
     def requirement(self, method: str, path: str, *others: str) -> Requirement:
         """What a request for ``method`` and ``path`` (the path its router sees) needs.
 
-        ``others`` are further spellings the adapter knows a router might act on.
+        ``others`` are further spellings the adapter knows a router might act on. A path
+        with control characters (decoded from ``%0A`` and the like) is an ``InvalidRequest``.
         """
         key = (method, path, others)
         found = self._memo.get(key)
@@ -313,6 +318,10 @@ class RuleSet:
         return found
 
     def _decide(self, method: str, path: str, others: tuple[str, ...]) -> Requirement:
+        if _CONTROL.search(path) or any(_CONTROL.search(o) for o in others):
+            raise InvalidRequest(
+                "the request path holds control characters", reason=Reason.MALFORMED_REQUEST
+            )
         found = PUBLIC if path in self._public_exact else self._first(method, path)
         if self._strengthening:
             for other in others:

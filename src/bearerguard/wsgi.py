@@ -106,11 +106,11 @@ class BearerAuthMiddleware:
         if path == self.server.metadata_path:  # the RFC 9728 document: always public
             return metadata_response(self.server, environ, start_response)
         view = request_view(environ)
-        requirement = self.rules.requirement(view.method, path)
         try:
+            requirement = self.rules.requirement(view.method, path)
             token = self.server.authorize(view, requirement)
         except AuthError as exc:
-            status, headers, body = error_response_parts(exc)
+            status, headers, body = error_response_parts(self.server.with_realm(exc))
             start_response(status, headers)
             return [body]
         environ[ENVIRON_KEY] = token
