@@ -350,6 +350,103 @@ async def test_an_endpoint_made_public_still_needs_a_token_for_a_call_with_scope
     assert f'scope="{WRITE}"' in challenge(response)
 
 
+@pytest.mark.anyio
+async def test_a_control_character_after_the_endpoint_is_400_not_a_way_around_the_body_check(
+    issuer: LocalIssuer, echo: Echo
+) -> None:
+    # Starlette routes "/mcp\n" (from %0A) to "/mcp": its route regexes end in "$".
+    app = guarded(issuer, echo)
+    for path in ("/mcp%0A", "/mcp%0D", "/mcp%00", "/%0Amcp"):
+        response = await post(app, call("add_product", name="x", price=1), issuer.mint(), path)
+        assert response.status_code == 400, path
+        assert 'error="invalid_request"' in challenge(response)
+    assert echo.bodies == []
+
+
+@pytest.mark.anyio
+async def test_resource_uris_are_matched_percent_decoded_too(
+    issuer: LocalIssuer, echo: Echo
+) -> None:
+    app = guarded(
+        issuer, echo, resources={"shop://products/secret": "admin", "file:///private/*": "admin"}
+    )
+    token = issuer.mint(READ)
+    for uri in (
+        "shop://products/%73ecret",
+        "shop://products/%2573ecret",  # decoded twice
+        "file:///%70rivate/x",
+        "file:///private%2Fx",
+    ):
+        body = {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": uri}}
+        response = await post(app, body, token)
+        assert response.status_code == 403, uri
+        assert 'scope="admin"' in challenge(response)
+    assert echo.bodies == []
+
+
+@pytest.mark.anyio
+async def test_completions_need_what_their_prompt_or_resource_needs(
+    issuer: LocalIssuer, echo: Echo
+) -> None:
+    app = guarded(issuer, echo, prompts={"summary": "reports"}, resources={"db://*": "dba"})
+    token = issuer.mint(READ)
+
+    def complete(ref: Any) -> dict[str, Any]:
+        params = {"ref": ref, "argument": {"name": "topic", "value": ""}}
+        return {"jsonrpc": "2.0", "id": 1, "method": "completion/complete", "params": params}
+
+    response = await post(app, complete({"type": "ref/prompt", "name": "summary"}), token)
+    assert response.status_code == 403
+    assert 'scope="reports"' in challenge(response)
+    response = await post(app, complete({"type": "ref/resource", "uri": "db://x/{t}"}), token)
+    assert response.status_code == 403
+    assert 'scope="dba"' in challenge(response)
+    for ref in ({"type": "ref/tool", "name": "x"}, {"type": "ref/prompt"}, "summary", None):
+        response = await post(app, complete(ref), token)
+        assert response.status_code == 400
+        assert rpc_error(response) == -32602
+    ok = await post(app, complete({"type": "ref/prompt", "name": "other"}), token)
+    assert ok.status_code == 200
+    # Mcp-Name mirrors tools/call, prompts/get and resources/*, nothing else.
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    response = await post(app, listing, token, headers={"Mcp-Name": "summary"})
+    assert response.status_code == 400
+
+
+@pytest.mark.anyio
+async def test_a_body_that_never_finishes_is_408(issuer: LocalIssuer, echo: Echo) -> None:
+    app = guarded(issuer, echo, body_timeout=0.2)
+    token = issuer.mint(READ)
+    stalled = asyncio.Event()  # never set: the client stops sending mid-body
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if not sent:
+            sent.append({})
+            return {"type": "http.request", "body": b'{"jsonrpc":', "more_body": True}
+        await stalled.wait()
+        raise AssertionError("unreachable")
+
+    answers: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        answers.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/mcp",
+        "raw_path": b"/mcp",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"authorization", f"Bearer {token}".encode())],
+    }
+    await app(scope, receive, send)
+    assert answers[0]["status"] == 408
+    assert json.loads(answers[1]["body"])["error"]["code"] == -32600
+    assert echo.bodies == []
+
+
 def test_bad_configuration_is_refused(issuer: LocalIssuer, echo: Echo) -> None:
     server = issuer.resource_server(MCP_URL)
     with pytest.raises(ValueError, match="endpoint"):
@@ -358,6 +455,8 @@ def test_bad_configuration_is_refused(issuer: LocalIssuer, echo: Echo) -> None:
         MCPGuard(echo, server=server, max_body=10)
     with pytest.raises(ValueError, match="scopes"):
         MCPGuard(echo, server=server, tools={"x": ["a b"]})
+    with pytest.raises(ValueError, match="body_timeout"):
+        MCPGuard(echo, server=server, body_timeout=0)
 
 
 # -- the verifier for the SDK's own auth -------------------------------------------------------

@@ -30,6 +30,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import anyio
 
 from .asgi import (
     ASGIApp,
@@ -101,6 +104,8 @@ class Call:
 
     method: str | None  # None: a response to the server (no method)
     name: str | None  # the tool or prompt name, or the resource URI (see NAMED)
+    kind: str | None = None  # "tools", "prompts" or "resources": what name names
+    mirrored: bool = False  # Mcp-Name mirrors name (NAMED methods)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -136,15 +141,31 @@ def parse_calls(body: bytes) -> list[Call]:
             raise Rejected(400, INVALID_REQUEST, "a JSON-RPC request needs a method")
         if not isinstance(method, str):
             raise Rejected(400, INVALID_REQUEST, "the method must be a string")
-        name = None
+        params = message.get("params")
         if method in NAMED:
-            member = NAMED[method][1]
-            params = message.get("params")
+            kind, member = NAMED[method]
             name = params.get(member) if isinstance(params, dict) else None
             if not isinstance(name, str):
                 raise Rejected(400, INVALID_PARAMS, f"{method} needs params.{member} (a string)")
-        calls.append(Call(method, name))
+            calls.append(Call(method, name, kind, mirrored=True))
+        elif method == "completion/complete":
+            # Completions run a prompt's or a resource template's handler: they need what
+            # that prompt or resource needs.
+            calls.append(_completion(params))
+        else:
+            calls.append(Call(method, None))
     return calls
+
+
+def _completion(params: Any) -> Call:
+    ref = params.get("ref") if isinstance(params, dict) else None
+    kinds = {"ref/prompt": ("prompts", "name"), "ref/resource": ("resources", "uri")}
+    kind = ref.get("type") if isinstance(ref, dict) else None
+    found = kinds.get(kind) if isinstance(kind, str) else None
+    name = ref.get(found[1]) if found is not None and isinstance(ref, dict) else None
+    if found is None or not isinstance(name, str):
+        raise Rejected(400, INVALID_PARAMS, "completion/complete needs a prompt or resource ref")
+    return Call("completion/complete", name, found[0])
 
 
 def header_value(raw: str) -> str:
@@ -172,7 +193,7 @@ def check_headers(headers: Iterable[tuple[bytes, bytes]], calls: list[Call]) -> 
     requests = [c for c in calls if c.method is not None]
     if methods and any(c.method != methods[0] for c in requests):
         raise Rejected(400, HEADER_MISMATCH, "the Mcp-Method header does not match the body")
-    if names and any(c.name != names[0] for c in requests):
+    if names and any(not c.mirrored or c.name != names[0] for c in requests):
         raise Rejected(400, HEADER_MISMATCH, "the Mcp-Name header does not match the body")
 
 
@@ -227,16 +248,35 @@ class Policy:
             extra = self.methods.get(call.method)
             if extra is not None:
                 need = need.needing(extra)
-            if call.name is not None:
-                kind = NAMED[call.method][0]
-                extra = self.named[kind].get(call.name)
-                if extra is None and kind == "resources":
-                    for prefix, prefixed in self.prefixes:
-                        if call.name.startswith(prefix):
-                            need = need.needing(prefixed)
-                elif extra is not None:
+            if call.name is None or call.kind is None:
+                continue
+            if call.kind != "resources":
+                extra = self.named[call.kind].get(call.name)
+                if extra is not None:
                     need = need.needing(extra)
+                continue
+            # A resource URI is matched as sent and percent-decoded (the SDK decodes
+            # template variables: "shop://p/%73ecret" reads "shop://p/secret"): whatever
+            # any spelling needs, the call needs.
+            for uri in _spellings_of(call.name):
+                extra = self.named["resources"].get(uri)
+                if extra is not None:
+                    need = need.needing(extra)
+                for prefix, prefixed in self.prefixes:
+                    if uri.startswith(prefix):
+                        need = need.needing(prefixed)
         return need
+
+
+def _spellings_of(uri: str) -> list[str]:
+    """``uri`` as sent, then decoded until nothing changes (a few rounds at most)."""
+    spellings = [uri]
+    for _ in range(4):
+        decoded = unquote(spellings[-1])
+        if decoded == spellings[-1]:
+            break
+        spellings.append(decoded)
+    return spellings
 
 
 def _endpoint_path(path: str) -> str:
@@ -252,7 +292,8 @@ class MCPGuard(BearerAuthMiddleware):
     every MCP request needs. ``tools``, ``prompts``, ``resources`` (URI, or prefix ending in
     ``*``) and ``methods`` map to scopes (a space-separated string or a list) the operation
     needs as well. The token is at ``scope["auth"]`` (``request.auth``) for the app, and
-    ``current_token(ctx)`` finds it from an SDK tool's context.
+    ``current_token(ctx)`` finds it from an SDK tool's context. The body is read within
+    ``body_timeout`` seconds (408 after) and up to ``max_body`` bytes (413 past it).
     """
 
     def __init__(
@@ -269,17 +310,21 @@ class MCPGuard(BearerAuthMiddleware):
         public: Iterable[str] = (),
         rules: Iterable[Rule] = (),
         max_body: int = MAX_BODY,
+        body_timeout: float = 30.0,
     ) -> None:
         if not isinstance(endpoint, str) or not endpoint.startswith("/"):
             raise ConfigurationError(f"endpoint must be a path starting with '/': {endpoint!r}")
         if isinstance(max_body, bool) or not 1024 <= max_body <= 64 << 20:
             raise ConfigurationError("max_body must be between 1024 and 67108864 bytes")
+        if isinstance(body_timeout, bool) or not 0 < body_timeout <= 3600:
+            raise ConfigurationError("body_timeout must be > 0 and at most 3600 seconds")
         base = _scopes(scopes, "scopes")
         endpoint_rules = [Rule(endpoint.rstrip("/") or "/", scopes=base)] if base else []
         super().__init__(app, server, public=public, rules=[*endpoint_rules, *rules])
         self.endpoint = _endpoint_path(endpoint)
         self.policy = Policy(tools=tools, prompts=prompts, resources=resources, methods=methods)
         self.max_body = max_body
+        self.body_timeout = float(body_timeout)
         server.declare_scopes(self.policy.scopes())
 
     async def forward(
@@ -301,7 +346,11 @@ class MCPGuard(BearerAuthMiddleware):
             await self.app(scope, receive, send)
             return
         try:
-            body = await self._read(scope, receive)
+            try:
+                with anyio.fail_after(self.body_timeout):  # a body trickled in holds nobody
+                    body = await self._read(scope, receive)
+            except TimeoutError:
+                raise Rejected(408, INVALID_REQUEST, "the request body took too long") from None
             if body is None:
                 return  # the client went away
             calls = parse_calls(body)
