@@ -1,7 +1,8 @@
-"""The whole machine-to-machine flow, offline: dev issuer -> token -> both shopping APIs.
+"""The whole machine-to-machine flow, offline: dev issuer -> token -> the shopping APIs and
+the shopping MCP server.
 
-    make demo     # walk the flow against both APIs, print a transcript, stop everything
-    make serve    # start the issuer and both APIs and leave them running (Ctrl-C stops them)
+    make demo     # walk the flow against every API, print a transcript, stop everything
+    make serve    # start the issuer and every API and leave them running (Ctrl-C stops them)
 
 Exits non-zero if any step answers differently from what the contract says.
 """
@@ -9,6 +10,7 @@ Exits non-zero if any step answers differently from what the contract says.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import os
@@ -127,6 +129,83 @@ class Walk:
             raise StepFailed(f"step {self.steps} ({title}): expected {expected}")
         return body
 
+    def note(self, title: str, lines: list[str]) -> None:
+        """A step made through a client library (the MCP SDK), shown by what it returned."""
+        self.steps += 1
+        print(f"\n{BOLD}{self.steps}. {title}{RESET}  [{GREEN}ok{RESET}]")
+        for line in lines:
+            print(f"   {line if len(line) < 300 else line[:300] + '...'}")
+
+    def mcp(self, issuer: str, registry: dict[str, dict[str, Any]], url: str) -> None:
+        """An M2M service calling the MCP server with the official MCP SDK's client, its
+        tokens from bearerguard's ClientCredentialsAuth (an httpx2 auth, as the SDK uses)."""
+        import httpx2
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
+        from bearerguard.client import ClientCredentialsAuth
+
+        print(f"\n{BOLD}== the shopping MCP server at {url} (official MCP SDK) =={RESET}")
+        metadata = url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")
+        self.check("its RFC 9728 metadata", self.http.get(metadata), 200)
+        listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        accept = {"Accept": "application/json, text/event-stream"}
+        self.check("no token at all", self.http.post(url, json=listing, headers=accept), 401)
+
+        def auth(app: dict[str, Any]) -> ClientCredentialsAuth:
+            return ClientCredentialsAuth(
+                issuer=issuer,
+                client_id=app["id"],
+                client_secret=app["secret"],
+                resource=url,  # the MCP server's own URL is its resource indicator
+                scope="read:products write:products",  # narrowed to what the app may have
+            )
+
+        async def session(app: dict[str, Any], work: Any) -> Any:
+            async with (
+                httpx2.AsyncClient(auth=auth(app), timeout=20) as http,
+                Client(streamable_http_client(url, http_client=http)) as client,
+            ):
+                return await work(client)
+
+        async def browse(client: Any) -> tuple[list[str], Any]:
+            tools = [tool.name for tool in (await client.list_tools()).tools]
+            products = (await client.call_tool("list_products", {})).structured_content
+            return tools, products
+
+        reader = registry["stats-service"]
+        tools, products = asyncio.run(session(reader, browse))
+        self.note("stats-service lists the tools", [", ".join(tools)])
+        self.note("stats-service calls list_products", [json.dumps(products)])
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "add_product", "arguments": {"name": "Sneaky", "price": 1}},
+        }
+        with httpx2.Client(auth=auth(reader), timeout=20) as service:
+            refused = service.post(url, json=call, headers=accept)
+        self.check(
+            "stats-service (read only) calls add_product",
+            httpx.Response(
+                refused.status_code,
+                headers=list(refused.headers.multi_items()),
+                content=refused.content,
+                request=httpx.Request("POST", url, json=call),
+            ),
+            403,
+        )
+
+        async def add(client: Any) -> Any:
+            added = await client.call_tool("add_product", {"name": "Demo mug", "price": 9.5})
+            product = added.structured_content
+            deleted = await client.call_tool("delete_product", {"id": product["id"]})
+            return product, deleted.structured_content
+
+        product, deleted = asyncio.run(session(registry["shopping-admin"], add))
+        self.note("shopping-admin calls add_product", [json.dumps(product)])
+        self.note("shopping-admin calls delete_product", [json.dumps(deleted)])
+
     def token(self, issuer: str, app: dict[str, Any], scope: str) -> dict[str, Any]:
         basic = base64.b64encode(f"{app['id']}:{app['secret']}".encode()).decode()
         response = self.http.post(
@@ -214,9 +293,14 @@ def main() -> int:
     args = parser.parse_args()
     (ROOT / ".bearerguard").mkdir(exist_ok=True)
     issuer_port, fastapi_port, flask_port = port(3001), port(8001), port(8002)
+    mcp_port = port(8003)
     issuer = f"http://127.0.0.1:{issuer_port}/oidc"
     env = {**os.environ, "AUTH_ISSUER": issuer, "AUTH_AUDIENCE": RESOURCE}
     fastapi_url, flask_url = f"http://127.0.0.1:{fastapi_port}", f"http://127.0.0.1:{flask_port}"
+    mcp_url = f"http://127.0.0.1:{mcp_port}/mcp"
+    # The MCP server's indicator is its URL: the issuer must know the port it really got.
+    config = ROOT / ".bearerguard/issuer.toml"
+    config.write_text(CONFIG.read_text().replace("http://127.0.0.1:8003/mcp", mcp_url))
     # Ctrl-C or a kill: unwind through the finally blocks so every child is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with ExitStack() as stack:
@@ -230,7 +314,7 @@ def main() -> int:
                         "bearerguard",
                         "dev-issuer",
                         "--config",
-                        str(CONFIG),
+                        str(config),
                         "--port",
                         str(issuer_port),
                     ],
@@ -276,8 +360,27 @@ def main() -> int:
                     env,
                 )
             )
+            stack.enter_context(
+                process(
+                    "mcp-server",
+                    [
+                        PYTHON,
+                        "-m",
+                        "uvicorn",
+                        "--app-dir",
+                        "examples/mcp_server",
+                        "main:app",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(mcp_port),
+                    ],
+                    mcp_url.removesuffix("/mcp") + "/health",
+                    {**env, "AUTH_AUDIENCE": mcp_url},
+                )
+            )
             if args.serve:
-                return serve(issuer, fastapi_url, flask_url)
+                return serve(issuer, fastapi_url, flask_url, mcp_url)
             walk = Walk()
             registry = apps()
             print(f"\n{BOLD}== the dev issuer at {issuer} (Logto-shaped) =={RESET}")
@@ -295,6 +398,7 @@ def main() -> int:
                     reader.get("scope", ""),
                 )
             walk.client(issuer, registry["stats-service"], fastapi_url)
+            walk.mcp(issuer, registry, mcp_url)
         except StepFailed as exc:
             print(f"\n{RED}demo failed: {exc}{RESET}", file=sys.stderr)
             return 1
@@ -308,7 +412,7 @@ def main() -> int:
     return 0
 
 
-def serve(issuer: str, fastapi_url: str, flask_url: str) -> int:
+def serve(issuer: str, fastapi_url: str, flask_url: str, mcp_url: str) -> int:
     secret = apps()["shopping-admin"]["secret"]
     print(
         f"""
@@ -316,6 +420,7 @@ def serve(issuer: str, fastapi_url: str, flask_url: str) -> int:
   dev issuer   {issuer}
   FastAPI API  {fastapi_url}   (Swagger UI: {fastapi_url}/docs)
   Flask API    {flask_url}
+  MCP server   {mcp_url}   (resource indicator: this URL)
 
 Try it:
   TOKEN=$(curl -s -u shopping-admin:{secret} \\
@@ -325,6 +430,7 @@ Try it:
   curl -i {fastapi_url}/products -H "Authorization: Bearer $TOKEN"
   curl -i {flask_url}/whoami -H "Authorization: Bearer $TOKEN"
   curl -i {fastapi_url}/products          # 401: no token
+  curl -i {mcp_url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")}
 """,
         flush=True,
     )
