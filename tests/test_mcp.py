@@ -757,3 +757,83 @@ async def test_the_sdks_own_auth_with_our_verifier(issuer: LocalIssuer) -> None:
                 headers={**JSON_AND_SSE, "Authorization": f"Bearer {bad}"},
             )
     assert response.status_code == 401
+
+
+# -- FastMCP (a test-only dependency) -------------------------------------------------------------
+
+
+def fastmcp_shop() -> Any:
+    from fastmcp import FastMCP
+
+    shop = FastMCP("shop")
+
+    @shop.tool
+    def list_products() -> list[str]:
+        return ["Espresso beans"]
+
+    @shop.tool
+    def add_product(name: str) -> str:
+        return name
+
+    return shop
+
+
+async def fastmcp_call(asgi: Any, token: str, tool: str, **arguments: Any) -> Any:
+    transport = httpx2.ASGITransport(app=asgi)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        httpx2.AsyncClient(transport=transport, headers=headers) as http,
+        Client(streamable_http_client(MCP_URL, http_client=http)) as client,
+    ):
+        return (await client.call_tool(tool, arguments)).structured_content
+
+
+@pytest.mark.anyio
+async def test_fastmcp_takes_our_verifier_in_its_slot(issuer: LocalIssuer) -> None:
+    from fastmcp import FastMCP
+
+    verifier = MCPTokenVerifier(issuer.resource_server(MCP_URL)).for_fastmcp()
+    shop = FastMCP("shop", auth=verifier)
+
+    @shop.tool
+    def whoami() -> dict[str, Any]:
+        from fastmcp.server.dependencies import get_access_token
+
+        access = get_access_token()
+        assert access is not None
+        return {"client_id": access.client_id, "tenant": access.claims.get("tenant")}
+
+    asgi = shop.http_app(stateless_http=True, json_response=True, host_origin_protection=False)
+    async with asgi.router.lifespan_context(asgi):
+        me = await fastmcp_call(asgi, issuer.mint(READ, tenant="acme"), "whoami")
+        assert me == {"client_id": "test-client", "tenant": "acme"}
+        transport = httpx2.ASGITransport(app=asgi)
+        async with httpx2.AsyncClient(transport=transport) as http:
+            forged = issuer.tampered(issuer.mint(READ))
+            response = await http.post(
+                MCP_URL,
+                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                headers={**JSON_AND_SSE, "Authorization": f"Bearer {forged}"},
+            )
+    assert response.status_code == 401
+
+
+@pytest.mark.anyio
+async def test_mcp_guard_around_fastmcp_gives_step_up_challenges(issuer: LocalIssuer) -> None:
+    asgi = fastmcp_shop().http_app(
+        stateless_http=True, json_response=True, host_origin_protection=False
+    )
+    app = MCPGuard(
+        asgi,
+        server=issuer.resource_server(MCP_URL),
+        tools={"list_products": READ, "add_product": WRITE},
+    )
+    async with asgi.router.lifespan_context(asgi):
+        assert await fastmcp_call(app, issuer.mint(READ), "list_products") == {
+            "result": ["Espresso beans"]
+        }
+        response = await post(app, call("add_product", name="x"), issuer.mint(READ))
+        assert response.status_code == 403
+        assert f'scope="{WRITE}"' in challenge(response)
+        added = await fastmcp_call(app, issuer.mint(f"{READ} {WRITE}"), "add_product", name="x")
+        assert added == {"result": "x"}

@@ -459,12 +459,35 @@ class MCPTokenVerifier:
     async def verify_token(self, token: str) -> SDKAccessToken | None:
         from mcp.server.auth.provider import AccessToken as SDKAccessToken
 
+        access: SDKAccessToken | None = await self._verify(token, SDKAccessToken)
+        return access
+
+    def for_fastmcp(self, *, base_url: str | None = None) -> Any:
+        """This verifier in FastMCP's token-verifier slot: ``FastMCP(auth=...)`` takes an
+        instance of its own ``TokenVerifier`` class, so this returns one that asks us.
+
+        FastMCP's own middleware then answers (a missing scope is a 401 there, and per-tool
+        checks are JSON-RPC errors): for spec-correct step-up challenges, put ``MCPGuard``
+        around ``mcp.http_app()`` instead.
+        """
+        from fastmcp.server.auth import AccessToken as FastMCPAccessToken
+        from fastmcp.server.auth import TokenVerifier as FastMCPTokenVerifier
+
+        verify = self._verify
+
+        class Verifier(FastMCPTokenVerifier):
+            async def verify_token(self, token: str) -> Any:
+                return await verify(token, FastMCPAccessToken)
+
+        return Verifier(base_url=base_url)
+
+    async def _verify(self, token: str, kind: Any) -> Any:
         try:
             access = await self.server.verify_token_async(token)
         except AuthError:
             return None
         resource = next((a for a in self.server.audiences if a in access.audience), None)
-        return SDKAccessToken(
+        return kind(
             token=token,
             client_id=access.client_id or access.sub or "",
             scopes=sorted(access.scopes),
