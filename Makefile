@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/interference.py
 	$(BIN)/python bench/jwks.py
+	$(BIN)/python bench/mcp_auth.py
 	if command -v wrk >/dev/null; then $(BIN)/python bench/throughput.py; fi
 
 # Long property-based fuzzing (minutes); prints how many inputs were tried.
