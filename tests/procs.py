@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+import httpx
+import pytest
 
 ROOT = Path(__file__).parents[1]
 
@@ -34,6 +40,39 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(5)
+
+
+@contextlib.contextmanager
+def serving(
+    command: list[str], env: Mapping[str, str], health_url: str, log: Path, name: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``command`` from the project root in its own session, logging to ``log``; yield
+    it once ``health_url`` answers 200 (20 s at most), and stop it afterwards."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"{name} exited early:\n{log.read_text(errors='replace')}")
+            try:
+                if httpx.get(health_url, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"{name} not healthy in 20 s:\n{log.read_text(errors='replace')}")
+            time.sleep(0.1)  # polling a starting process, not time logic
+        yield process
+    finally:
+        stop(process)
 
 
 def example_command(kind: str, port: int) -> list[str]:

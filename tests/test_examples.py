@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -28,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 from jwt.algorithms import get_default_algorithms
-from procs import example_command, free_port, stop
+from procs import example_command, free_port, serving
 from prometheus_client.parser import text_string_to_metric_families
 
 from bearerguard.testing import LocalIssuer, SigningKey
@@ -601,34 +600,10 @@ def running_example(
     base URL once /health answers."""
     port = free_port()
     env = {**os.environ, **(env or {}), "AUTH_ISSUER": issuer_url, "AUTH_AUDIENCE": AUDIENCE}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*example_command(kind, port), *(args or [])],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"{kind} server exited early:\n{log.read_text(errors='replace')}")
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"{kind} server not healthy in 20 s:\n{log.read_text(errors='replace')}"
-                )
-            time.sleep(0.1)  # polling a starting process, not time logic
+    base = f"http://127.0.0.1:{port}"
+    command = [*example_command(kind, port), *(args or [])]
+    with serving(command, env, base + "/health", log, f"{kind} server"):
         yield base
-    finally:
-        stop(process)
 
 
 @pytest.mark.parametrize("kind", sorted(EXAMPLES))

@@ -8,8 +8,6 @@ import base64
 import contextlib
 import json
 import os
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ import pytest
 from mcp import Client
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.streamable_http import streamable_http_client
-from procs import free_port, interpreter, stop
+from procs import free_port, interpreter, serving
 
 from bearerguard.client import ClientCredentialsAuth
 from bearerguard.devissuer import DevIssuer, parse_config
@@ -499,31 +497,9 @@ def running_mcp_example(issuer_url: str, port: int, log: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}/mcp"
     env = {**os.environ, "AUTH_ISSUER": issuer_url, "AUTH_AUDIENCE": url}
     command = [interpreter(), "-m", "uvicorn", "--app-dir", "examples/mcp_server", "main:app"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the MCP example exited:\n{log.read_text(errors='replace')}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the MCP example did not start:\n{log.read_text(errors='replace')}")
-            time.sleep(0.1)  # polling a starting process
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    with serving(command, env, f"http://127.0.0.1:{port}/health", log, "the MCP example"):
         yield url
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="module")
