@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from bearerguard import AuthError, Reason, ResourceServer
 from bearerguard.claims import claim_equals
+from bearerguard.dpop import DPoPKey
+from bearerguard.errors import ReplayStoreUnavailable
 from bearerguard.request import RequestView
 from bearerguard.rules import Requirement, Rule, RuleSet
 from bearerguard.testing import LocalIssuer, SigningKey
@@ -43,6 +46,48 @@ def refused_path(path: str) -> AuthError:
     rules = RuleSet([Rule("/admin", scopes="admin")])
     with pytest.raises(AuthError) as info:
         rules.requirement("GET", path)
+    return info.value
+
+
+URL = "https://api.test/x"
+KEY = DPoPKey.generate("ES256")
+OTHER_KEY = DPoPKey.generate("ES256")
+
+
+def bound() -> str:
+    return ISSUER.mint(claims={"cnf": {"jkt": KEY.jkt}})
+
+
+class Unreachable:
+    """A replay store whose backend is down (as RedisReplayStore says it)."""
+
+    def add(self, key: str, ttl: float) -> bool:
+        raise ReplayStoreUnavailable()
+
+    async def add_async(self, key: str, ttl: float) -> bool:
+        raise ReplayStoreUnavailable()
+
+
+def dpop_refused(
+    *, proof: Callable[[str], str] | None = None, nonce: bool = False, store: Any = None
+) -> AuthError:
+    server = ISSUER.resource_server(dpop="required", dpop_nonce=nonce, dpop_replay_store=store)
+    token = bound()
+    made = proof(token) if proof else KEY.proof("GET", URL, access_token=token, iat=NOW)
+    view = RequestView("GET", [f"DPoP {token}"], url=URL, dpop=[made])
+    with pytest.raises(AuthError) as info:
+        server.authorize(view, Requirement())
+    return info.value
+
+
+def dpop_replayed() -> AuthError:
+    server = ISSUER.resource_server(dpop="required")
+    token = bound()
+    made = KEY.proof("GET", URL, access_token=token, iat=NOW)
+    server.authorize(RequestView("GET", [f"DPoP {token}"], url=URL, dpop=[made]), Requirement())
+    view = RequestView("GET", [f"DPoP {token}"], url=URL, dpop=[made])
+    with pytest.raises(AuthError) as info:
+        server.authorize(view, Requirement())
     return info.value
 
 
@@ -89,6 +134,16 @@ SCENARIOS: dict[str, list[Callable[[], AuthError]]] = {
         lambda: refused(bearer(ISSUER.mint("read")), Requirement(scopes=("write",)))
     ],
     "issuer_unavailable": [lambda: refused(bearer(ISSUER.mint()), server=down())],
+    "invalid_dpop_proof": [lambda: dpop_refused(proof=lambda token: "not-a-jwt")],
+    "dpop_replay": [lambda: dpop_replayed()],
+    "use_dpop_nonce": [lambda: dpop_refused(nonce=True)],
+    "dpop_binding": [
+        lambda: refused(bearer(bound()), server=ISSUER.resource_server(dpop="allowed")),
+        lambda: dpop_refused(
+            proof=lambda token: OTHER_KEY.proof("GET", URL, access_token=token, iat=NOW)
+        ),
+    ],
+    "replay_store_unavailable": [lambda: dpop_refused(store=Unreachable())],
 }
 
 

@@ -90,15 +90,36 @@ class _ScopeURL:
         return str(URL(scope=self.scope))
 
 
+def dpop_values(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
+    """Every DPoP header value of an ASGI scope (RFC 9449), in order."""
+    return [value.decode("latin-1") for name, value in headers if name.lower() == b"dpop"]
+
+
 def request_view(scope: Scope) -> RequestView:
     """What an HTTP or websocket scope carries for ``ResourceServer.authorize``."""
+    headers = scope["headers"]
     return RequestView(
         scope.get("method", "GET") if scope["type"] == "http" else "GET",
-        authorization_values(scope["headers"]),
+        authorization_values(headers),
         url=_ScopeURL(scope),
         path_params=scope.get("path_params") or NO_PARAMS,
         upstream=scope.get("auth"),
+        dpop=dpop_values(headers),
     )
+
+
+def with_headers(send: Send, extra: dict[str, str]) -> Send:
+    """``send``, adding ``extra`` to the response's headers (a fresh DPoP-Nonce)."""
+    raw = [
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in extra.items()
+    ]
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *raw]}
+        await send(message)
+
+    return sending
 
 
 def store(scope: Scope, token: AccessToken | None) -> None:
@@ -219,6 +240,8 @@ class BearerAuthMiddleware:
             await send_error(self.server.with_realm(exc), scope, send)
             return
         store(scope, token)
+        if view.reply:
+            send = with_headers(send, view.reply)
         await self.forward(scope, receive, send, requirement, token)
 
     async def forward(

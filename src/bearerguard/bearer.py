@@ -6,7 +6,7 @@ import re
 
 from .errors import AuthError, InvalidRequest, InvalidToken, MissingToken, Reason
 
-__all__ = ["credentials", "parse_authorization", "undecodable"]
+__all__ = ["credentials", "parse_authorization", "scheme_of", "undecodable"]
 
 # token68 (RFC 9110 section 11.2): 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -34,11 +34,14 @@ def parse_authorization(authorization: str | None, *, max_length: int) -> str:
     return token
 
 
-def credentials(authorization: str | None, *, max_length: int) -> str:
+def credentials(
+    authorization: str | None, *, max_length: int, schemes: frozenset[str] = frozenset({"bearer"})
+) -> str:
     """``parse_authorization`` minus the token68 check on the common ``Bearer <token>`` form.
 
     For the verifier's miss path: its decoder accepts only base64url, a subset of token68, so
     the regex need run only for a token that failed to decode, through ``undecodable``.
+    ``schemes``: the lowercase schemes taken (``dpop`` too where DPoP is on).
     """
     if authorization is None or authorization.strip() == "":
         raise MissingToken()
@@ -50,7 +53,7 @@ def credentials(authorization: str | None, *, max_length: int) -> str:
             scheme, token = split_scheme(authorization.strip(" \t"))
         except ValueError:
             raise InvalidRequest("malformed authorization header") from None
-        if scheme.lower() != "bearer":
+        if scheme.lower() not in schemes:
             raise MissingToken()
     if not token:
         raise InvalidRequest("bearer token is empty")
@@ -59,6 +62,11 @@ def credentials(authorization: str | None, *, max_length: int) -> str:
     if not usual and not TOKEN68.fullmatch(token):
         raise InvalidRequest(_NOT_TOKEN68)
     return token
+
+
+def scheme_of(authorization: str) -> str:
+    """The lowercase scheme of a header that ``credentials`` accepted."""
+    return authorization.strip(" \t").partition(" ")[0].lower()
 
 
 def undecodable(token: str, error: InvalidToken) -> AuthError:

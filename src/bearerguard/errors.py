@@ -12,11 +12,14 @@ __all__ = [
     "AuthError",
     "ConfigurationError",
     "InsufficientScope",
+    "InvalidDPoPProof",
     "InvalidRequest",
     "InvalidToken",
     "IssuerUnavailable",
     "MissingToken",
     "Reason",
+    "ReplayStoreUnavailable",
+    "UseDPoPNonce",
 ]
 
 
@@ -60,6 +63,12 @@ class Reason(str, Enum):
     CLAIM_RULE = "claim_rule"  # a claim rule failed: the server's (401) or the route's (403)
     INSUFFICIENT_SCOPE = "insufficient_scope"
     ISSUER_UNAVAILABLE = "issuer_unavailable"
+    # RFC 9449 (DPoP)
+    INVALID_DPOP_PROOF = "invalid_dpop_proof"  # the proof fails a check of section 4.3
+    DPOP_REPLAY = "dpop_replay"  # a proof (its jti) seen before
+    USE_DPOP_NONCE = "use_dpop_nonce"  # no nonce, or a stale one, where nonces are on
+    DPOP_BINDING = "dpop_binding"  # token and scheme disagree, or the proof's key is not cnf.jkt
+    REPLAY_STORE_UNAVAILABLE = "replay_store_unavailable"  # Redis unreachable: fail closed
 
     def __str__(self) -> str:
         return self.value
@@ -96,6 +105,12 @@ class AuthError(Exception):
         # The route's scopes, all in one challenge (401 and 403), so a client can ask for a
         # token that will do at once (the MCP authorization spec asks for exactly this).
         self.scope: tuple[str, ...] = ()
+        # The schemes this API accepts, each challenged (RFC 9449 section 7.1); the error's
+        # own parameters go on ``scheme``'s challenge, the one the request used.
+        self.schemes: tuple[str, ...] = ("Bearer",)
+        self.scheme = "Bearer"
+        self.dpop_algs: str | None = None
+        self.extra_headers: dict[str, str] = {}
         super().__init__(self.description)
 
     def challenge_params(self) -> dict[str, str]:
@@ -118,13 +133,27 @@ class AuthError(Exception):
 
     @property
     def www_authenticate(self) -> str:
-        """The ``WWW-Authenticate`` header value (RFC 6750 section 3, RFC 9728 section 5.1)."""
-        return render_challenge("Bearer", self._with_metadata(self.challenge_params()))
+        """The ``WWW-Authenticate`` header value (RFC 6750 section 3, RFC 9728 section 5.1;
+        with DPoP, RFC 9449 section 7.1: one challenge per accepted scheme)."""
+        own = self._with_metadata(self.challenge_params())
+        if self.schemes == ("Bearer",) and self.scheme == "Bearer":
+            return render_challenge("Bearer", own)
+        challenges = []
+        for scheme in sorted(self.schemes, key=lambda s: s != self.scheme):  # the error's first
+            if scheme == self.scheme:
+                params = dict(own)
+            else:
+                params = {"realm": self.realm} if self.realm is not None else {}
+                params = self._with_metadata(params)
+            if scheme == "DPoP" and self.dpop_algs:
+                params["algs"] = self.dpop_algs
+            challenges.append(render_challenge(scheme, params))
+        return ", ".join(challenges)
 
     @property
     def headers(self) -> dict[str, str]:
         """Every response header this error needs."""
-        return {"WWW-Authenticate": self.www_authenticate}
+        return {"WWW-Authenticate": self.www_authenticate, **self.extra_headers}
 
     def response_headers(self) -> dict[str, str]:
         """All headers of the error response: ``headers`` plus content type and no-store."""
@@ -234,8 +263,49 @@ class IssuerUnavailable(AuthError):
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": self.www_authenticate, "Retry-After": str(self.retry_after)}
+        return {**super().headers, "Retry-After": str(self.retry_after)}
 
     @property
     def json_error(self) -> str:
         return "temporarily_unavailable"
+
+
+class InvalidDPoPProof(AuthError):
+    """The DPoP proof fails a check of RFC 9449 section 4.3, or was used before: 401
+    ``invalid_dpop_proof`` on the DPoP challenge (never 400, section 7.1)."""
+
+    status_code = 401
+    error = "invalid_dpop_proof"
+    default_description = "invalid DPoP proof"
+    default_reason = Reason.INVALID_DPOP_PROOF
+
+    def __init__(self, description: str | None = None, *, reason: Reason | None = None) -> None:
+        super().__init__(description, reason=reason)
+        self.scheme = "DPoP"
+
+
+class UseDPoPNonce(AuthError):
+    """The proof lacks the server's current nonce (RFC 9449 section 9): 401
+    ``use_dpop_nonce`` with the nonce to use in ``DPoP-Nonce``."""
+
+    status_code = 401
+    error = "use_dpop_nonce"
+    default_description = "the DPoP proof must carry the server's nonce"
+    default_reason = Reason.USE_DPOP_NONCE
+
+    def __init__(self, nonce: str, description: str | None = None) -> None:
+        super().__init__(description)
+        self.scheme = "DPoP"
+        self.extra_headers["DPoP-Nonce"] = nonce
+
+
+class ReplayStoreUnavailable(IssuerUnavailable):
+    """The DPoP replay store (Redis) cannot be asked: 503, failing closed (a proof is
+    never accepted unchecked)."""
+
+    default_description = "the DPoP replay store is unavailable; try again later"
+    default_reason = Reason.REPLAY_STORE_UNAVAILABLE
+
+    def __init__(self, description: str | None = None, *, retry_after: int = 5) -> None:
+        super().__init__(description, retry_after=retry_after)
+        self.reason = Reason.REPLAY_STORE_UNAVAILABLE

@@ -21,7 +21,15 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, current_app, g, has_request_context, request
+from flask import (
+    Flask,
+    Response,
+    after_this_request,
+    current_app,
+    g,
+    has_request_context,
+    request,
+)
 
 from .claims import NO_PARAMS, ClaimRule
 from .errors import AuthError, ConfigurationError
@@ -110,6 +118,11 @@ def server_from_config(config: Mapping[str, Any]) -> ResourceServer:
     return ResourceServer(
         config[CONFIG_PREFIX + "ISSUER"], config[CONFIG_PREFIX + "AUDIENCE"], **kwargs
     )
+
+
+def _add_headers(response: Response, headers: dict[str, str]) -> Response:
+    response.headers.update(headers)
+    return response
 
 
 def error_response(exc: AuthError) -> Response:
@@ -292,12 +305,16 @@ class BearerGuard:
             url=lambda: request.url,
             path_params=request.view_args or NO_PARAMS,
             upstream=request.environ.get(ENVIRON_KEY),
+            dpop=request.headers.getlist("DPoP"),
         )
         try:
             token = server.authorize(view, requirement)
         except AuthError as exc:
             return error_response(exc)
         request.environ[ENVIRON_KEY] = token
+        if view.reply:  # a fresh DPoP-Nonce, on this request's response
+            reply = view.reply
+            after_this_request(lambda response: _add_headers(response, reply))
         g.access_token = token
         return None
 

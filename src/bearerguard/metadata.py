@@ -57,6 +57,8 @@ class ResourceMetadata:
     resource_documentation: str | None = None
     resource_policy_uri: str | None = None
     resource_tos_uri: str | None = None
+    dpop_signing_alg_values_supported: tuple[str, ...] = ()  # RFC 9728: when DPoP is on
+    dpop_bound_access_tokens_required: bool = False
 
     @property
     def url(self) -> str:
@@ -72,6 +74,8 @@ class ResourceMetadata:
             "resource_documentation": self.resource_documentation,
             "resource_policy_uri": self.resource_policy_uri,
             "resource_tos_uri": self.resource_tos_uri,
+            "dpop_signing_alg_values_supported": list(self.dpop_signing_alg_values_supported),
+            "dpop_bound_access_tokens_required": self.dpop_bound_access_tokens_required,
         }
         return {name: value for name, value in members.items() if value}
 

@@ -32,7 +32,7 @@ class Result(str, Enum):
     SUCCESS = "success"
     FAILURE = "failure"  # refused: the reason says why
     NONE = "none"  # no bearer credentials (refused, or let through on an optional route)
-    UNAVAILABLE = "unavailable"  # no usable keys: the issuer is down (503)
+    UNAVAILABLE = "unavailable"  # no usable keys, or no replay store: 503
 
     def __str__(self) -> str:
         return self.value
@@ -53,7 +53,7 @@ def result_of(reason: Reason) -> Result:
     """The result a refusal for ``reason`` counts as."""
     if reason is Reason.MISSING_TOKEN:
         return Result.NONE
-    if reason is Reason.ISSUER_UNAVAILABLE:
+    if reason is Reason.ISSUER_UNAVAILABLE or reason is Reason.REPLAY_STORE_UNAVAILABLE:
         return Result.UNAVAILABLE
     return Result.FAILURE
 

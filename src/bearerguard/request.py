@@ -39,7 +39,7 @@ class RequestView:
     it (adapters pass a function: most requests never need it).
     """
 
-    __slots__ = ("_url", "authorization", "method", "path_params", "upstream")
+    __slots__ = ("_url", "authorization", "dpop", "method", "path_params", "reply", "upstream")
 
     def __init__(
         self,
@@ -49,12 +49,16 @@ class RequestView:
         url: str | Callable[[], str] = "",
         path_params: Mapping[str, Any] = NO_PARAMS,
         upstream: object = None,
+        dpop: Sequence[str] = (),
     ) -> None:
         self.method = method
         self.authorization = authorization
         self._url = url
         self.path_params = path_params
         self.upstream = upstream
+        self.dpop = dpop  # every DPoP header value (RFC 9449)
+        #: Headers for the response once authorized (a fresh DPoP-Nonce), or None.
+        self.reply: dict[str, str] | None = None
 
     @property
     def url(self) -> str:
@@ -88,9 +92,10 @@ def begin(
     header = values[0] if values else None
     # A WSGI server joins repeated headers with ", " (RFC 9110 section 5.3): "Bearer a, Bearer
     # b" is several headers there, so it is here too (token68 has no comma).
-    if len(values) > 1 or (header is not None and "," in header and _bearer(header)):
+    attempt = _DPOP_OR_BEARER if server.dpop is not None else _BEARER
+    if len(values) > 1 or (header is not None and "," in header and _bearer(header, attempt)):
         raise InvalidRequest("several authorization headers")
-    if requirement.optional and not _bearer(header):
+    if requirement.optional and not _bearer(header, attempt):
         return ANONYMOUS  # no bearer credentials (none, or another scheme, e.g. an API key)
     return header
 
@@ -98,10 +103,11 @@ def begin(
 # A bearer attempt, however mangled ("Bearer\tx", "Bearer,x", "Basic a, Bearer b"): such a
 # header is never "no bearer credentials" on an optional route; parsing then answers it.
 _BEARER = re.compile(r"(?:^|,)\s*bearer(?:\s|,|$)", re.IGNORECASE)
+_DPOP_OR_BEARER = re.compile(r"(?:^|,)\s*(?:bearer|dpop)(?:\s|,|$)", re.IGNORECASE)
 
 
-def _bearer(header: str | None) -> bool:
-    return header is not None and _BEARER.search(header) is not None
+def _bearer(header: str | None, attempt: re.Pattern[str] = _BEARER) -> bool:
+    return header is not None and attempt.search(header) is not None
 
 
 def settle(token: AccessToken, view: RequestView, requirement: Requirement) -> AccessToken:

@@ -12,10 +12,18 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
-from .bearer import credentials, undecodable
+from .bearer import credentials, scheme_of, undecodable
 from .claims import ClaimRule
 from .clients import ASYNC_CLIENTS, ASYNC_TRANSPORTS, SYNC_CLIENTS, SYNC_TRANSPORTS
-from .errors import AuthError, ConfigurationError, InsufficientScope, InvalidToken, Reason
+from .dpop import DEFAULT_DPOP_ALGORITHMS, DPoPMode, DPoPSettings, check_proof
+from .errors import (
+    AuthError,
+    ConfigurationError,
+    InsufficientScope,
+    InvalidDPoPProof,
+    InvalidToken,
+    Reason,
+)
 from .fetch import KeySource, WarmUpError, check_url
 from .keys import CachePolicy, KeyCache, VerificationKey
 from .metadata import ResourceMetadata, metadata_url, scopes_in_order
@@ -39,6 +47,7 @@ from .verify import (
 
 if TYPE_CHECKING:
     from .clients import AsyncClient, SyncClient, Transport
+    from .replay import ReplayStore
 
 __all__ = ["ResourceServer"]
 
@@ -117,6 +126,13 @@ class ResourceServer:
         resource_documentation: str | None = None,
         resource_policy_uri: str | None = None,
         resource_tos_uri: str | None = None,
+        dpop: str | DPoPMode = "off",
+        dpop_algorithms: Iterable[str] = DEFAULT_DPOP_ALGORITHMS,
+        dpop_max_age: float = 60.0,
+        dpop_max_future: float = 5.0,
+        dpop_nonce: bool = False,
+        dpop_nonce_secret: bytes | str | None = None,
+        dpop_replay_store: ReplayStore | None = None,
         max_token_length: int = 8192,
         token_cache_size: int = 4096,
         token_cache_ttl: float = 300.0,
@@ -172,6 +188,23 @@ class ResourceServer:
                 "resource_tos_uri": resource_tos_uri,
             },
         )
+        settings = DPoPSettings.build(
+            dpop,
+            dpop_algorithms,
+            dpop_max_age,
+            dpop_max_future,
+            dpop_nonce,
+            dpop_nonce_secret,
+            dpop_replay_store,
+        )
+        if settings.mode is DPoPMode.OFF and (dpop_nonce or dpop_replay_store is not None):
+            raise ConfigurationError(
+                "dpop_nonce and dpop_replay_store need dpop='allowed' or 'required'"
+            )
+        #: The DPoP settings (RFC 9449), or None with DPoP off (Bearer only).
+        self.dpop = settings if settings.mode is not DPoPMode.OFF else None
+        self._schemes = frozenset({"bearer", "dpop"} if self.dpop else {"bearer"})
+        self._accept_bearer = self.dpop is None or self.dpop.mode is DPoPMode.ALLOWED
         if isinstance(max_token_length, bool) or not 512 <= max_token_length <= 1 << 20:
             raise ConfigurationError("max_token_length must be between 512 and 1048576")
         self.max_token_length = max_token_length
@@ -262,13 +295,14 @@ class ResourceServer:
         # cached: a header that finds an entry is well-formed.
         if authorization is not None:
             hit = self._cached(authorization)
-            if hit is not None:
+            if hit is not None and hit.jkt is None and self._accept_bearer:
                 if self._reporter is not None:
                     self._reporter.authentication(Result.SUCCESS, None, hit, True, None)
                 return hit
         begun = perf_counter()
         try:
             token, cached = self._verify_sync(authorization, None)
+            self._no_proof(authorization, token)
         except AuthError as exc:
             raise self._refused(self.with_realm(exc), False, begun) from None
         if self._reporter is not None:
@@ -279,13 +313,14 @@ class ResourceServer:
         """The async twin of ``authenticate``: key fetches never block the event loop."""
         if authorization is not None:
             hit = self._cached(authorization)
-            if hit is not None:
+            if hit is not None and hit.jkt is None and self._accept_bearer:
                 if self._reporter is not None:
                     self._reporter.authentication(Result.SUCCESS, None, hit, True, None)
                 return hit
         begun = perf_counter()
         try:
             token, cached = await self._verify_async(authorization, None)
+            self._no_proof(authorization, token)
         except AuthError as exc:
             raise self._refused(self.with_realm(exc), False, begun) from None
         if self._reporter is not None:
@@ -297,6 +332,7 @@ class ResourceServer:
         begun = perf_counter()
         try:
             access, cached = self._verify_sync(None, token)
+            self._as_bearer(access)
         except AuthError as exc:
             raise self._refused(self.with_realm(exc), False, begun) from None
         if self._reporter is not None:
@@ -308,6 +344,7 @@ class ResourceServer:
         begun = perf_counter()
         try:
             access, cached = await self._verify_async(None, token)
+            self._as_bearer(access)
         except AuthError as exc:
             raise self._refused(self.with_realm(exc), False, begun) from None
         if self._reporter is not None:
@@ -322,6 +359,7 @@ class ResourceServer:
         carrying every challenge parameter. The observer hears of it once."""
         cached: bool | None = None  # None: nothing looked up (no token, or one reused)
         begun = 0.0
+        proof = False
         try:
             found = begin(self, view, requirement)
             if isinstance(found, Anonymous):
@@ -329,14 +367,23 @@ class ResourceServer:
                     self._reporter.authentication(Result.NONE, None, None, None, None)
                 return None
             if isinstance(found, AccessToken):
-                token = found
+                token = found  # verified (and its proof checked) by an outer guard
             elif found is not None and (hit := self._cached(found)) is not None:
-                token, cached = hit, True
+                token, cached = hit, True  # a "Bearer <token>" header: cache keys are
+                if hit.jkt is not None or not self._accept_bearer:
+                    self._as_bearer(hit)
             else:
+                proof = self.dpop is not None and found is not None and scheme_of(found) == "dpop"
                 begun, cached = perf_counter(), False
                 token, cached = self._verify_sync(found, None)
+                if proof:
+                    self._prove_sync(view, found, token)  # type: ignore[arg-type]
+                else:
+                    self._as_bearer(token)
             token = settle(token, view, requirement)
         except AuthError as exc:
+            if proof:
+                exc.scheme = "DPoP"
             raise self._refused(self._challenge(exc, requirement), cached, begun) from None
         reporter = self._reporter
         if reporter is not None and cached is not None:  # reused: reported upstream
@@ -350,6 +397,7 @@ class ResourceServer:
         """The async twin of ``authorize``."""
         cached: bool | None = None
         begun = 0.0
+        proof = False
         try:
             found = begin(self, view, requirement)
             if isinstance(found, Anonymous):
@@ -360,17 +408,79 @@ class ResourceServer:
                 token = found
             elif found is not None and (hit := self._cached(found)) is not None:
                 token, cached = hit, True  # a token seen before needs no coroutine
+                if hit.jkt is not None or not self._accept_bearer:
+                    self._as_bearer(hit)
             else:
+                proof = self.dpop is not None and found is not None and scheme_of(found) == "dpop"
                 begun, cached = perf_counter(), False
                 token, cached = await self._verify_async(found, None)
+                if proof:
+                    await self._prove_async(view, found, token)  # type: ignore[arg-type]
+                else:
+                    self._as_bearer(token)
             token = settle(token, view, requirement)
         except AuthError as exc:
+            if proof:
+                exc.scheme = "DPoP"
             raise self._refused(self._challenge(exc, requirement), cached, begun) from None
         reporter = self._reporter
         if reporter is not None and cached is not None:
             duration = None if cached else perf_counter() - begun
             reporter.authentication(Result.SUCCESS, None, token, cached, duration)
         return token
+
+    # -- DPoP (RFC 9449) --------------------------------------------------------------------------
+
+    def _as_bearer(self, token: AccessToken) -> None:
+        """A token sent as Bearer (or raw) must not be DPoP-bound, and Bearer must be taken."""
+        if token.jkt is not None:
+            raise InvalidToken(
+                "a DPoP-bound token must be sent as Authorization: DPoP, with a proof",
+                reason=Reason.DPOP_BINDING,
+            )
+        if not self._accept_bearer:
+            raise InvalidToken(
+                "this API takes DPoP-bound tokens only (Authorization: DPoP)",
+                reason=Reason.DPOP_BINDING,
+            )
+
+    def _no_proof(self, header: str | None, token: AccessToken) -> None:
+        """``authenticate`` has no request to check a proof against: Bearer only."""
+        if self.dpop is not None and header is not None and scheme_of(header) == "dpop":
+            exc = InvalidDPoPProof(
+                "DPoP proofs are checked per request: use authorize() or an adapter"
+            )
+            raise exc
+        self._as_bearer(token)
+
+    def _proof(self, view: RequestView, header: str, token: AccessToken) -> Any:
+        assert self.dpop is not None
+        return check_proof(
+            view.dpop,
+            method=view.method,
+            url=view.url,
+            raw_token=self._credentials(header),
+            token=token,
+            settings=self.dpop,
+            now=self._clock(),
+            max_length=self.max_token_length,
+        )
+
+    def _prove_sync(self, view: RequestView, header: str, token: AccessToken) -> None:
+        check = self._proof(view, header, token)
+        assert self.dpop is not None
+        if not self.dpop.replay.add(check.replay_key, check.ttl):
+            raise InvalidDPoPProof("the DPoP proof was used before", reason=Reason.DPOP_REPLAY)
+        if check.fresh_nonce is not None:
+            view.reply = {"DPoP-Nonce": check.fresh_nonce}
+
+    async def _prove_async(self, view: RequestView, header: str, token: AccessToken) -> None:
+        check = self._proof(view, header, token)
+        assert self.dpop is not None
+        if not await self.dpop.replay.add_async(check.replay_key, check.ttl):
+            raise InvalidDPoPProof("the DPoP proof was used before", reason=Reason.DPOP_REPLAY)
+        if check.fresh_nonce is not None:
+            view.reply = {"DPoP-Nonce": check.fresh_nonce}
 
     # -- observation ----------------------------------------------------------------------------
 
@@ -478,10 +588,13 @@ class ResourceServer:
         if app is not None:
             for source in self._scope_sources.values():
                 self.declare_scopes(source(app))
+        dpop = self.dpop
         return ResourceMetadata(
             resource=self.resource,
             authorization_servers=self.issuers,
             scopes_supported=tuple(self._declared),
+            dpop_signing_alg_values_supported=tuple(dpop.algs.split()) if dpop else (),
+            dpop_bound_access_tokens_required=dpop is not None and dpop.mode is DPoPMode.REQUIRED,
             **self._metadata_extra,  # type: ignore[arg-type]
         )
 
@@ -574,6 +687,11 @@ class ResourceServer:
             exc.realm = self.realm
         if exc.resource_metadata is None:
             exc.resource_metadata = self.metadata_url
+        if self.dpop is not None:  # RFC 9449 section 7.1: a challenge per accepted scheme
+            exc.schemes = self.dpop.schemes
+            exc.dpop_algs = self.dpop.algs
+            if exc.scheme not in exc.schemes:
+                exc.scheme = exc.schemes[0]
         return exc
 
     def _verify_sync(self, header: str | None, raw: str | None) -> tuple[AccessToken, bool]:
@@ -594,7 +712,7 @@ class ResourceServer:
         return step, True
 
     def _credentials(self, authorization: str | None) -> str:
-        return credentials(authorization, max_length=self.max_token_length)
+        return credentials(authorization, max_length=self.max_token_length, schemes=self._schemes)
 
     def _raw(self, token: str) -> str:
         if len(token) > self.max_token_length:

@@ -15,7 +15,15 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-__all__ = ["PrivateKey", "SigningKey", "b64url", "generate_key", "public_jwk", "thumbprint"]
+__all__ = [
+    "DPoPKey",
+    "PrivateKey",
+    "SigningKey",
+    "b64url",
+    "generate_key",
+    "public_jwk",
+    "thumbprint",
+]
 
 
 def b64url(data: bytes) -> str:
@@ -52,14 +60,22 @@ def public_jwk(key: PrivateKey) -> dict[str, Any]:
     return json.loads(OKPAlgorithm.to_jwk(public))  # type: ignore[no-any-return]
 
 
+_THUMBPRINT_MEMBERS = {
+    "EC": ("crv", "kty", "x", "y"),
+    "RSA": ("e", "kty", "n"),
+    "OKP": ("crv", "kty", "x"),
+}
+
+
 def thumbprint(jwk: Mapping[str, Any]) -> str:
-    """The RFC 7638 JWK thumbprint (SHA-256, base64url), as Logto uses for kid."""
-    required = {
-        "EC": ("crv", "kty", "x", "y"),
-        "RSA": ("e", "kty", "n"),
-        "OKP": ("crv", "kty", "x"),
-    }
-    members = {name: jwk[name] for name in required[jwk["kty"]]}
+    """The RFC 7638 JWK thumbprint (SHA-256, base64url): Logto's kids, DPoP's ``cnf.jkt``.
+
+    Its required members, sorted, no whitespace; ValueError for a JWK that has none.
+    """
+    required = _THUMBPRINT_MEMBERS.get(jwk.get("kty"))  # type: ignore[arg-type]
+    if required is None or not all(isinstance(jwk.get(m), str) for m in required):
+        raise ValueError("the JWK has no RFC 7638 thumbprint")
+    members = {name: jwk[name] for name in required}
     canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
     return b64url(hashlib.sha256(canonical).digest())
 
@@ -82,3 +98,64 @@ class SigningKey:
         if not alg.startswith(("RS", "PS")):  # as Logto: RSA JWKs carry no alg
             jwk["alg"] = alg
         return cls(alg, key, kid, jwk)
+
+
+class DPoPKey:
+    """A client's DPoP key (RFC 9449): makes the proofs a bound token needs.
+
+    ``DPoPKey.generate("ES256")``; ``jkt`` is what the issuer puts in ``cnf.jkt``;
+    ``proof("GET", url, access_token=token)`` is one proof, a fresh ``jti`` each time.
+    """
+
+    def __init__(self, private_key: PrivateKey, alg: str) -> None:
+        self.private_key = private_key
+        self.alg = alg
+        self.jwk = public_jwk(private_key)
+        self.jkt = thumbprint(self.jwk)
+
+    @classmethod
+    def generate(cls, alg: str = "ES256") -> DPoPKey:
+        return cls(generate_key(alg), alg)
+
+    def proof(
+        self,
+        method: str,
+        url: str,
+        *,
+        access_token: str | None = None,
+        nonce: str | None = None,
+        iat: float | None = None,
+        claims: Mapping[str, Any] | None = None,
+        header: Mapping[str, Any] | None = None,
+    ) -> str:
+        """A proof for one request: ``htm``, ``htu`` (``url`` without query and fragment),
+        ``iat`` (now), a random ``jti``, ``ath`` for ``access_token``, ``nonce`` if given.
+        ``claims`` and ``header`` override what is generated (tests make bad proofs so)."""
+        import secrets
+        import time
+
+        import jwt
+
+        payload: dict[str, Any] = {
+            "jti": secrets.token_urlsafe(16),
+            "htm": method.upper(),
+            "htu": url.split("#", 1)[0].split("?", 1)[0],
+            "iat": int(time.time() if iat is None else iat),
+        }
+        if access_token is not None:
+            digest = hashlib.sha256(access_token.encode("ascii")).digest()
+            payload["ath"] = b64url(digest)
+        if nonce is not None:
+            payload["nonce"] = nonce
+        payload.update(claims or {})
+        headers = {"typ": "dpop+jwt", "jwk": self.jwk, **(header or {})}
+        alg = headers.pop("alg", self.alg)
+        return jwt.encode(
+            {k: v for k, v in payload.items() if v is not None},
+            self.private_key,
+            algorithm=alg,
+            headers=headers,
+        )
+
+    def __repr__(self) -> str:
+        return f"DPoPKey(alg={self.alg!r}, jkt={self.jkt!r})"

@@ -19,6 +19,7 @@ from .asgi import request_view, send_error, store
 from .claims import ClaimRule
 from .errors import AuthError, ConfigurationError
 from .metadata import respond
+from .request import RequestView
 from .rules import Requirement
 from .server import ResourceServer
 
@@ -37,6 +38,13 @@ def _connection(args: Sequence[Any], kwargs: dict[str, Any]) -> HTTPConnection:
         if isinstance(value, HTTPConnection):
             return value
     raise TypeError("a protected endpoint must receive a starlette Request")
+
+
+def _replied(result: Any, view: RequestView) -> Any:
+    """The endpoint's response, with what authorization has to say (a fresh DPoP-Nonce)."""
+    if view.reply and isinstance(result, Response):
+        result.headers.update(view.reply)
+    return result
 
 
 def metadata_endpoint(server: ResourceServer) -> Callable[[Request], Awaitable[Response]]:
@@ -90,15 +98,16 @@ class Protect:
                 @functools.wraps(endpoint)
                 async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                     conn = _connection(args, kwargs)
+                    view = request_view(conn.scope)
                     try:
-                        token = await server.authorize_async(request_view(conn.scope), requirement)
+                        token = await server.authorize_async(view, requirement)
                     except AuthError as exc:
                         if isinstance(conn, WebSocket):  # Starlette ignores what it returns
                             await send_error(exc, conn.scope, conn.send)
                             return None
                         return error_response(exc)
                     store(conn.scope, token)
-                    return await endpoint(*args, **kwargs)
+                    return _replied(await endpoint(*args, **kwargs), view)
 
                 return cast(F, async_wrapper)
 
@@ -108,12 +117,13 @@ class Protect:
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
                 # Starlette runs sync endpoints in a thread pool: blocking key I/O is fine here.
                 conn = _connection(args, kwargs)
+                view = request_view(conn.scope)
                 try:
-                    token = server.authorize(request_view(conn.scope), requirement)
+                    token = server.authorize(view, requirement)
                 except AuthError as exc:
                     return error_response(exc)
                 store(conn.scope, token)
-                return endpoint(*args, **kwargs)
+                return _replied(endpoint(*args, **kwargs), view)
 
             return cast(F, sync_wrapper)
 

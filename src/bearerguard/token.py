@@ -112,13 +112,16 @@ class AccessToken:
     every cache miss, reading them is not).
     """
 
-    __slots__ = ("_server", "audience", "claims", "expires_at", "scopes")
+    __slots__ = ("_server", "audience", "claims", "expires_at", "jkt", "scopes")
 
     claims: Mapping[str, Any]
     _server: object  # the ResourceServer that verified it; None when built by hand
     scopes: frozenset[str]
     audience: tuple[str, ...]
     expires_at: float
+    #: RFC 9449: the thumbprint of the key this token is bound to (``cnf.jkt``), "" when
+    #: ``cnf.jkt`` is there but not a string (bound to nothing usable), None when unbound.
+    jkt: str | None
 
     def __init__(
         self,
@@ -143,6 +146,7 @@ class AccessToken:
         init(self, "scopes", frozenset(scopes))
         init(self, "audience", tuple(audience))
         init(self, "expires_at", float(expires_at))
+        init(self, "jkt", _jkt(merged))
         init(self, "_server", None)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -175,6 +179,7 @@ class AccessToken:
         _set_scopes(token, scopes)
         _set_audience(token, audience)
         _set_expires_at(token, float(expires_at))
+        _set_jkt(token, _jkt(claims) if "cnf" in claims else None)
         _set_server(token, server)
         return token
 
@@ -229,6 +234,17 @@ _set_scopes = AccessToken.__dict__["scopes"].__set__
 _set_audience = AccessToken.__dict__["audience"].__set__
 _set_expires_at = AccessToken.__dict__["expires_at"].__set__
 _set_server = AccessToken.__dict__["_server"].__set__
+_set_jkt = AccessToken.__dict__["jkt"].__set__
+
+
+def _jkt(claims: Mapping[str, Any]) -> str | None:
+    cnf = claims.get("cnf")
+    if cnf is None:
+        return None
+    jkt = cnf.get("jkt") if isinstance(cnf, Mapping) else None
+    if jkt is None and isinstance(cnf, Mapping) and "jkt" not in cnf:
+        return None  # another confirmation method (mTLS's x5t#S256): not DPoP
+    return jkt if isinstance(jkt, str) else ""
 
 
 def require_scopes(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from wsgiref.util import request_uri
 
 from .errors import AuthError
@@ -51,11 +51,13 @@ def request_path(environ: WSGIEnvironment) -> str:
 def request_view(environ: WSGIEnvironment) -> RequestView:
     """What a WSGI request carries for ``ResourceServer.authorize``."""
     header = environ.get("HTTP_AUTHORIZATION")
+    dpop = environ.get("HTTP_DPOP")  # a server joins several with ", ": refused as such
     return RequestView(
         str(environ.get("REQUEST_METHOD", "GET")).upper(),
         [] if header is None else [header],
         url=lambda: request_uri(environ),
         upstream=environ.get(ENVIRON_KEY),
+        dpop=[] if dpop is None else [dpop],
     )
 
 
@@ -76,6 +78,15 @@ def error_response_parts(exc: AuthError) -> tuple[str, list[tuple[str, str]], by
     headers = [*exc.response_headers().items(), ("Content-Length", str(len(body)))]
     status = f"{exc.status_code} {HTTPStatus(exc.status_code).phrase}"
     return status, headers, body
+
+
+def _with_headers(start_response: StartResponse, extra: dict[str, str]) -> StartResponse:
+    """``start_response``, adding ``extra`` to the response's headers (a fresh DPoP-Nonce)."""
+
+    def starting(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        return start_response(status, [*headers, *extra.items()], exc_info)
+
+    return starting
 
 
 class BearerAuthMiddleware:
@@ -114,4 +125,6 @@ class BearerAuthMiddleware:
             start_response(status, headers)
             return [body]
         environ[ENVIRON_KEY] = token
+        if view.reply:
+            return self.app(environ, _with_headers(start_response, view.reply))
         return self.app(environ, start_response)

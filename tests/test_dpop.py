@@ -1,0 +1,494 @@
+"""DPoP (RFC 9449) at the resource server: every check of section 4.3 broken alone, replay,
+nonces, the schemes each mode takes, challenges and metadata."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from bearerguard import AuthError, ConfigurationError, ResourceServer
+from bearerguard.dpop import DPoPKey, NonceSource, normalize_url, thumbprint
+from bearerguard.replay import MemoryReplayStore
+from bearerguard.request import RequestView
+from bearerguard.rules import Requirement
+from bearerguard.signing import b64url
+from bearerguard.testing import LocalIssuer
+
+AUDIENCE = "https://api.test"
+URL = "https://api.test/products"
+NOW = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def issuer(clock: Clock) -> LocalIssuer:
+    return LocalIssuer("https://issuer.test/oidc", audience=AUDIENCE, clock=clock)
+
+
+@pytest.fixture(scope="module")
+def key() -> DPoPKey:
+    return DPoPKey.generate("ES256")
+
+
+def server(issuer: LocalIssuer, mode: str = "required", **kwargs: Any) -> ResourceServer:
+    return issuer.resource_server(dpop=mode, **kwargs)
+
+
+def bound(issuer: LocalIssuer, key: DPoPKey, scopes: str = "read") -> str:
+    return issuer.mint(scopes, claims={"cnf": {"jkt": key.jkt}})
+
+
+def request(
+    rs: ResourceServer,
+    authorization: list[str],
+    proofs: list[str],
+    *,
+    method: str = "GET",
+    url: str = URL,
+    requirement: Requirement | None = None,
+) -> Any:
+    """The token, or the AuthError the request is refused with."""
+    view = RequestView(method, authorization, url=url, dpop=proofs)
+    try:
+        token = rs.authorize(view, requirement or Requirement(scopes=("read",)))
+    except AuthError as exc:
+        return exc
+    return token, view.reply
+
+
+def refused(result: Any) -> AuthError:
+    assert isinstance(result, AuthError), result
+    return result
+
+
+def dpop(token: str) -> list[str]:
+    return [f"DPoP {token}"]
+
+
+# -- a good proof passes; each check broken alone fails --------------------------------------------
+
+
+def test_a_bound_token_with_a_fresh_proof_is_accepted(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    rs = server(issuer)
+    token = bound(issuer, key)
+    result = request(rs, dpop(token), [key.proof("GET", URL, access_token=token, iat=clock.now)])
+    assert not isinstance(result, AuthError), result
+    access, reply = result
+    assert access.jkt == key.jkt
+    assert reply is None
+
+
+def broken_proofs(
+    key: DPoPKey, token: str, now: float
+) -> dict[str, tuple[Callable[[], list[str]], str]]:
+    """name -> (the DPoP header values, the reason the request is refused for)."""
+    other = DPoPKey.generate("ES256")
+
+    def proof(**kwargs: Any) -> str:
+        kwargs.setdefault("access_token", token)
+        kwargs.setdefault("iat", now)
+        method = kwargs.pop("method", "GET")
+        url = kwargs.pop("url", URL)
+        return key.proof(method, url, **kwargs)
+
+    def signed_by_other_key() -> str:
+        h, p, _ = proof().split(".")
+        _, _, s = other.proof("GET", URL, access_token=token, iat=now).split(".")
+        return f"{h}.{p}.{s}"
+
+    private = {**key.jwk, "d": b64url(b"\x01" * 32)}
+    invalid = "invalid_dpop_proof"
+    return {
+        "no DPoP header": (lambda: [], invalid),
+        "two DPoP headers": (lambda: [proof(), proof()], invalid),
+        "two proofs in one header": (lambda: [proof() + ", " + proof()], invalid),
+        "not a JWT": (lambda: ["not-a-jwt"], invalid),
+        "empty": (lambda: [""], invalid),
+        "typ JWT": (lambda: [proof(header={"typ": "JWT"})], invalid),
+        "no typ": (lambda: [proof(header={"typ": None})], invalid),
+        "alg none": (lambda: [_unsigned(proof())], invalid),
+        "alg HS256": (lambda: [_hs256(token, now, key)], invalid),
+        "alg not allowed (ES512)": (
+            lambda: [DPoPKey.generate("ES512").proof("GET", URL, access_token=token, iat=now)],
+            invalid,
+        ),
+        "no jwk": (lambda: [proof(header={"jwk": None})], invalid),
+        "jwk with private members": (lambda: [proof(header={"jwk": private})], invalid),
+        "jwk not a key": (lambda: [proof(header={"jwk": {"kty": "EC", "crv": "P-256"}})], invalid),
+        "signature by another key": (lambda: [signed_by_other_key()], invalid),
+        "no jti": (lambda: [proof(claims={"jti": None})], invalid),
+        "jti not a string": (lambda: [proof(claims={"jti": 7})], invalid),
+        "jti too long": (lambda: [proof(claims={"jti": "j" * 300})], invalid),
+        "no htm": (lambda: [proof(claims={"htm": None})], invalid),
+        "no htu": (lambda: [proof(claims={"htu": None})], invalid),
+        "no iat": (lambda: [proof(claims={"iat": None})], invalid),
+        "iat a string": (lambda: [proof(claims={"iat": str(int(now))})], invalid),
+        "another method": (lambda: [proof(method="POST")], invalid),
+        "another URL": (lambda: [proof(url="https://api.test/orders")], invalid),
+        "another host": (lambda: [proof(url="https://evil.test/products")], invalid),
+        "another scheme": (lambda: [proof(url="http://api.test/products")], invalid),
+        "htu not a URL": (lambda: [proof(claims={"htu": "products"})], invalid),
+        "61 s old": (lambda: [proof(iat=now - 61)], invalid),
+        "6 s in the future": (lambda: [proof(iat=now + 6)], invalid),
+        "no ath": (lambda: [proof(access_token=None)], invalid),
+        "ath of another token": (lambda: [proof(claims={"ath": b64url(b"x" * 32)})], invalid),
+        "key is not cnf.jkt": (
+            lambda: [other.proof("GET", URL, access_token=token, iat=now)],
+            "invalid_token",
+        ),
+        "oversized": (lambda: [proof(claims={"pad": "x" * 9000})], invalid),
+    }
+
+
+def _unsigned(proof: str) -> str:
+    import base64
+    import json
+
+    h, p, _ = proof.split(".")
+    header = json.loads(base64.urlsafe_b64decode(h + "=="))
+    header["alg"] = "none"
+    return b64url(json.dumps(header).encode()) + "." + p + "."
+
+
+def _hs256(token: str, now: float, key: DPoPKey) -> str:
+    import jwt
+
+    ath = b64url(hashlib.sha256(token.encode()).digest())
+    claims = {"jti": "x", "htm": "GET", "htu": URL, "iat": int(now), "ath": ath}
+    headers = {"typ": "dpop+jwt", "jwk": key.jwk}
+    return jwt.encode(claims, "s" * 32, algorithm="HS256", headers=headers)
+
+
+# What each refusal says: each check fails for its own reason, not for an earlier one.
+SAYS = {
+    "no DPoP header": "exactly one DPoP header",
+    "two DPoP headers": "exactly one DPoP header",
+    "two proofs in one header": "must hold one JWT",
+    "not a JWT": "not a well-formed JWT",
+    "empty": "must hold one JWT",
+    "typ JWT": "typ",
+    "no typ": "typ",
+    "alg none": "not a well-formed JWT",
+    "alg HS256": "alg must be one of",
+    "alg not allowed (ES512)": "alg must be one of",
+    "no jwk": "no jwk",
+    "jwk with private members": "must be a public key",
+    "jwk not a key": "not a usable public key",
+    "signature by another key": "signature does not verify",
+    "no jti": "needs jti",
+    "jti not a string": "needs jti",
+    "jti too long": "jti is too long",
+    "no htm": "needs htm",
+    "no htu": "needs htu",
+    "no iat": "needs iat",
+    "iat a string": "needs iat",
+    "another method": "another method",
+    "another URL": "another URL",
+    "another host": "another URL",
+    "another scheme": "another URL",
+    "htu not a URL": "not an http(s) URL",
+    "61 s old": "too old",
+    "6 s in the future": "from the future",
+    "no ath": "another access token",
+    "ath of another token": "another access token",
+    "key is not cnf.jkt": "bound to another key",
+    "oversized": "must hold one JWT",
+}
+
+
+def test_each_check_broken_alone_is_refused(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    token = bound(issuer, key)
+    cases = broken_proofs(key, token, clock.now)
+    assert set(cases) == set(SAYS)
+    for name, (proofs, error) in cases.items():
+        exc = refused(request(server(issuer), dpop(token), proofs()))
+        assert SAYS[name] in exc.description, (name, exc.description)
+        assert exc.status_code == 401, name
+        assert exc.to_dict()["error"] == error, name
+        challenge = exc.www_authenticate
+        assert challenge.startswith(f'DPoP realm="{AUDIENCE}", error="{error}"'), name
+        assert 'algs="ES256 ES384 EdDSA RS256 PS256"' in challenge, name
+
+
+def test_the_window_edges(issuer: LocalIssuer, key: DPoPKey, clock: Clock) -> None:
+    rs = server(issuer)
+    token = bound(issuer, key)
+    for iat in (clock.now - 60, clock.now + 5):
+        proof = key.proof("GET", URL, access_token=token, iat=iat)
+        assert not isinstance(request(rs, dpop(token), [proof]), AuthError), iat
+
+
+def test_htu_is_compared_after_normalization(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    rs = server(issuer)
+    token = bound(issuer, key)
+    for htu in (
+        "HTTPS://API.TEST/products",
+        "https://api.test:443/products",
+        "https://api.test/%70roducts",
+        "https://api.test/a/../products",
+        "https://api.test/products?page=2",  # query and fragment are not part of htu
+    ):
+        proof = key.proof("GET", URL, access_token=token, iat=clock.now, claims={"htu": htu})
+        assert not isinstance(request(rs, dpop(token), [proof]), AuthError), htu
+    proof = key.proof("GET", URL, access_token=token, iat=clock.now)
+    assert not isinstance(
+        request(rs, dpop(token), [proof], url="https://api.test/products?page=2#x"), AuthError
+    )
+    assert (
+        normalize_url("https://API.test:8443/%7euser/./a/%2f")
+        == "https://api.test:8443/~user/a/%2F"
+    )
+
+
+def test_a_proof_is_accepted_once(issuer: LocalIssuer, key: DPoPKey, clock: Clock) -> None:
+    rs = server(issuer)
+    token = bound(issuer, key)
+    proof = key.proof("GET", URL, access_token=token, iat=clock.now)
+    assert not isinstance(request(rs, dpop(token), [proof]), AuthError)
+    exc = refused(request(rs, dpop(token), [proof]))
+    assert exc.reason.value == "dpop_replay"
+    assert exc.to_dict()["error"] == "invalid_dpop_proof"
+    # The same jti for another URL or method is another proof (the key hashes jti, htm, htu).
+    claims = {"jti": "same"}
+    first = key.proof("GET", URL, access_token=token, iat=clock.now, claims=claims)
+    other_url = "https://api.test/products/1"
+    second = key.proof("GET", other_url, access_token=token, iat=clock.now, claims=claims)
+    assert not isinstance(request(rs, dpop(token), [first]), AuthError)
+    assert not isinstance(request(rs, dpop(token), [second], url=other_url), AuthError)
+
+
+def test_replays_are_refused_by_the_async_face_and_across_servers_sharing_a_store(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    store = MemoryReplayStore()
+    replica_a = server(issuer, dpop_replay_store=store)
+    replica_b = server(issuer, dpop_replay_store=store)
+    token = bound(issuer, key)
+    proof = key.proof("GET", URL, access_token=token, iat=clock.now)
+
+    async def both() -> tuple[Any, Any]:
+        view_a = RequestView("GET", dpop(token), url=URL, dpop=[proof])
+        view_b = RequestView("GET", dpop(token), url=URL, dpop=[proof])
+        first = await replica_a.authorize_async(view_a, Requirement())
+        try:
+            await replica_b.authorize_async(view_b, Requirement())
+        except AuthError as exc:
+            return first, exc
+        return first, None
+
+    first, second = anyio.run(both)
+    assert first is not None
+    assert second is not None
+    assert second.reason.value == "dpop_replay"
+
+
+# -- schemes and modes ---------------------------------------------------------------------------
+
+
+def test_a_bound_token_as_bearer_is_refused_in_every_mode(
+    issuer: LocalIssuer, key: DPoPKey
+) -> None:
+    token = bound(issuer, key)
+    for mode in ("off", "allowed", "required"):
+        rs = server(issuer, mode)
+        for _ in range(2):  # verified, then from the cache
+            exc = refused(request(rs, [f"Bearer {token}"], []))
+            assert exc.status_code == 401, mode
+            assert exc.to_dict()["error"] == "invalid_token", mode
+            assert exc.reason.value == "dpop_binding", mode
+        with pytest.raises(AuthError):
+            rs.authenticate(f"Bearer {token}")
+        with pytest.raises(AuthError):
+            rs.verify_token(token)
+
+
+def test_an_unbound_token_with_the_dpop_scheme_is_refused(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    token = issuer.mint("read")
+    proof = key.proof("GET", URL, access_token=token, iat=clock.now)
+    exc = refused(request(server(issuer, "allowed"), dpop(token), [proof]))
+    assert exc.to_dict()["error"] == "invalid_token"
+    assert exc.reason.value == "dpop_binding"
+    assert exc.www_authenticate.startswith("DPoP ")  # the challenge of the scheme it used
+
+
+def test_required_refuses_bearer_allowed_takes_both_off_takes_bearer_only(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    plain = issuer.mint("read")
+    exc = refused(request(server(issuer, "required"), [f"Bearer {plain}"], []))
+    assert exc.reason.value == "dpop_binding"
+    assert exc.www_authenticate.startswith(f'DPoP realm="{AUDIENCE}", error="invalid_token"')
+    assert "Bearer" not in exc.www_authenticate
+    assert not isinstance(request(server(issuer, "allowed"), [f"Bearer {plain}"], []), AuthError)
+    token = bound(issuer, key)
+    proof = key.proof("GET", URL, access_token=token, iat=clock.now)
+    off = refused(request(server(issuer, "off"), dpop(token), [proof]))
+    assert off.reason.value == "missing_token"  # another scheme, as before DPoP existed
+    assert off.www_authenticate.startswith("Bearer ")
+
+
+def test_both_challenges_when_both_schemes_are_allowed(issuer: LocalIssuer) -> None:
+    rs = server(issuer, "allowed")
+    exc = refused(request(rs, [], []))
+    metadata = 'resource_metadata="https://api.test/.well-known/oauth-protected-resource"'
+    algs = 'algs="ES256 ES384 EdDSA RS256 PS256"'
+    assert exc.www_authenticate == (  # no credentials: Bearer's first, as before DPoP
+        f'Bearer realm="{AUDIENCE}", scope="read", {metadata}, '
+        f'DPoP realm="{AUDIENCE}", scope="read", {metadata}, {algs}'
+    )
+
+
+def test_insufficient_scope_on_a_dpop_request_names_the_scopes_on_its_challenge(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    token = bound(issuer, key, "other")
+    proof = key.proof("GET", URL, access_token=token, iat=clock.now)
+    exc = refused(request(server(issuer, "allowed"), dpop(token), [proof]))
+    assert exc.status_code == 403
+    assert exc.www_authenticate.startswith(
+        f'DPoP realm="{AUDIENCE}", error="insufficient_scope", error_description='
+    )
+    assert 'scope="read"' in exc.www_authenticate
+
+
+def test_a_cached_token_still_needs_a_proof_every_time(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    rs = server(issuer)
+    token = bound(issuer, key)
+    for _ in range(3):
+        proof = key.proof("GET", URL, access_token=token, iat=clock.now)
+        assert not isinstance(request(rs, dpop(token), [proof]), AuthError)
+    assert refused(request(rs, dpop(token), [])).to_dict()["error"] == "invalid_dpop_proof"
+
+
+def test_authenticate_alone_cannot_check_a_proof(issuer: LocalIssuer, key: DPoPKey) -> None:
+    rs = server(issuer, "allowed")
+    with pytest.raises(AuthError) as caught:
+        rs.authenticate(f"DPoP {bound(issuer, key)}")
+    assert caught.value.to_dict()["error"] == "invalid_dpop_proof"
+
+
+# -- nonces ----------------------------------------------------------------------------------------
+
+
+def test_nonces_are_asked_for_then_accepted_and_refreshed_near_expiry(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    rs = server(issuer, dpop_nonce=True, dpop_nonce_secret="s" * 32)
+    token = bound(issuer, key)
+    exc = refused(
+        request(rs, dpop(token), [key.proof("GET", URL, access_token=token, iat=clock.now)])
+    )
+    assert exc.to_dict()["error"] == "use_dpop_nonce"
+    assert exc.status_code == 401
+    nonce = exc.headers["DPoP-Nonce"]
+    assert exc.www_authenticate.startswith('DPoP realm="https://api.test", error="use_dpop_nonce"')
+    proof = key.proof("GET", URL, access_token=token, iat=clock.now, nonce=nonce)
+    _, reply = request(rs, dpop(token), [proof])
+    assert reply is None  # a current nonce: nothing new to send
+    clock.now += 300  # the nonce's step is over: still accepted, and a fresh one comes back
+    proof = key.proof("GET", URL, access_token=token, iat=clock.now, nonce=nonce)
+    _, reply = request(rs, dpop(token), [proof])
+    assert reply is not None
+    assert reply["DPoP-Nonce"] != nonce
+    clock.now += 300  # two steps on: expired
+    proof = key.proof("GET", URL, access_token=token, iat=clock.now, nonce=nonce)
+    assert refused(request(rs, dpop(token), [proof])).to_dict()["error"] == "use_dpop_nonce"
+
+
+def test_replicas_with_one_secret_accept_each_others_nonces(clock: Clock) -> None:
+    a, b = (
+        NonceSource("shared secret of 32 bytes or so!"),
+        NonceSource("shared secret of 32 bytes or so!"),
+    )
+    stranger = NonceSource()
+    nonce = a.current(clock.now)
+    assert b.check(nonce, clock.now) is True
+    assert stranger.check(nonce, clock.now) is None
+    for bad in ("", "x" * 32, nonce[:-1] + ("A" if nonce[-1] != "A" else "B"), None, 5):
+        assert a.check(bad, clock.now) is None
+
+
+# -- metadata and configuration ----------------------------------------------------------------
+
+
+def test_metadata_names_the_proof_algorithms_and_whether_dpop_is_required(
+    issuer: LocalIssuer,
+) -> None:
+    required = server(issuer, "required").metadata()
+    assert required is not None
+    document = required.document()
+    assert document["dpop_signing_alg_values_supported"] == [
+        "ES256",
+        "ES384",
+        "EdDSA",
+        "RS256",
+        "PS256",
+    ]
+    assert document["dpop_bound_access_tokens_required"] is True
+    allowed = server(issuer, "allowed", dpop_algorithms=["ES256"]).metadata()
+    assert allowed is not None
+    assert allowed.document()["dpop_signing_alg_values_supported"] == ["ES256"]
+    assert "dpop_bound_access_tokens_required" not in allowed.document()
+    off = server(issuer, "off").metadata()
+    assert off is not None
+    assert "dpop_signing_alg_values_supported" not in off.document()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"dpop": "sometimes"},
+        {"dpop": "required", "dpop_algorithms": ["HS256"]},
+        {"dpop": "required", "dpop_algorithms": []},
+        {"dpop": "required", "dpop_max_age": 0},
+        {"dpop": "off", "dpop_nonce": True},
+        {"dpop": "required", "dpop_nonce": True, "dpop_nonce_secret": "short"},
+        {"dpop": "required", "dpop_replay_store": object()},
+    ],
+)
+def test_bad_dpop_configuration_is_refused(issuer: LocalIssuer, kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        issuer.resource_server(**kwargs)
+
+
+def test_thumbprint_is_rfc_7638s_example() -> None:
+    # RFC 7638 section 3.1's RSA key and its thumbprint.
+    jwk = {
+        "kty": "RSA",
+        "n": (
+            "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc"
+            "_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQ"
+            "R0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bF"
+            "TWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+        ),
+        "e": "AQAB",
+        "alg": "RS256",
+        "kid": "2011-04-29",
+    }
+    assert thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
