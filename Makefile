@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest demo serve bench fuzz soak clean
+.PHONY: install test lint typecheck redis pytest demo serve bench fuzz soak clean
 
 install: $(STAMP)
 
@@ -24,7 +24,11 @@ typecheck: install
 pytest: install
 	$(BIN)/python -m pytest -q
 
-test: lint typecheck pytest
+test: lint typecheck redis pytest
+
+# The DPoP replay-store tests run a real redis-server (Debian's package) on loopback.
+redis:
+	command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
 
 demo: install
 	$(BIN)/python examples/demo.py

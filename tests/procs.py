@@ -83,3 +83,41 @@ def example_command(kind: str, port: int) -> list[str]:
         return [interpreter(), "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port", str(port)]
     config = ["-c", "examples/flask_app/gunicorn.conf.py", "--chdir", "examples/flask_app"]
     return [interpreter(), "-m", "gunicorn", *config, "-b", f"127.0.0.1:{port}", "main:app"]
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, nothing saved to disk; ``stop()`` and
+    ``start()`` again on the same port (a Redis restart)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("redis-server did not start (make test installs it when missing)")
+            time.sleep(0.05)  # polling a starting process
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None

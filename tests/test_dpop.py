@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import pytest
@@ -97,21 +98,22 @@ def test_a_bound_token_with_a_fresh_proof_is_accepted(
 
 
 def broken_proofs(
-    key: DPoPKey, token: str, now: float
+    key: DPoPKey, token: str, now: float, url: str = URL
 ) -> dict[str, tuple[Callable[[], list[str]], str]]:
-    """name -> (the DPoP header values, the reason the request is refused for)."""
+    """name -> (the DPoP header values for a GET of ``url``, the error it is refused with)."""
     other = DPoPKey.generate("ES256")
+    parts = urlsplit(url)
+    other_scheme = "http" if parts.scheme == "https" else "https"
 
     def proof(**kwargs: Any) -> str:
         kwargs.setdefault("access_token", token)
         kwargs.setdefault("iat", now)
         method = kwargs.pop("method", "GET")
-        url = kwargs.pop("url", URL)
-        return key.proof(method, url, **kwargs)
+        return key.proof(method, kwargs.pop("url", url), **kwargs)
 
     def signed_by_other_key() -> str:
         h, p, _ = proof().split(".")
-        _, _, s = other.proof("GET", URL, access_token=token, iat=now).split(".")
+        _, _, s = other.proof("GET", url, access_token=token, iat=now).split(".")
         return f"{h}.{p}.{s}"
 
     private = {**key.jwk, "d": b64url(b"\x01" * 32)}
@@ -125,9 +127,9 @@ def broken_proofs(
         "typ JWT": (lambda: [proof(header={"typ": "JWT"})], invalid),
         "no typ": (lambda: [proof(header={"typ": None})], invalid),
         "alg none": (lambda: [_unsigned(proof())], invalid),
-        "alg HS256": (lambda: [_hs256(token, now, key)], invalid),
+        "alg HS256": (lambda: [_hs256(token, now, key, url)], invalid),
         "alg not allowed (ES512)": (
-            lambda: [DPoPKey.generate("ES512").proof("GET", URL, access_token=token, iat=now)],
+            lambda: [DPoPKey.generate("ES512").proof("GET", url, access_token=token, iat=now)],
             invalid,
         ),
         "no jwk": (lambda: [proof(header={"jwk": None})], invalid),
@@ -142,16 +144,19 @@ def broken_proofs(
         "no iat": (lambda: [proof(claims={"iat": None})], invalid),
         "iat a string": (lambda: [proof(claims={"iat": str(int(now))})], invalid),
         "another method": (lambda: [proof(method="POST")], invalid),
-        "another URL": (lambda: [proof(url="https://api.test/orders")], invalid),
-        "another host": (lambda: [proof(url="https://evil.test/products")], invalid),
-        "another scheme": (lambda: [proof(url="http://api.test/products")], invalid),
+        "another URL": (lambda: [proof(url=url + "/orders")], invalid),
+        "another host": (lambda: [proof(url=url.replace(parts.netloc, "evil.test"))], invalid),
+        "another scheme": (
+            lambda: [proof(url=url.replace(parts.scheme, other_scheme, 1))],
+            invalid,
+        ),
         "htu not a URL": (lambda: [proof(claims={"htu": "products"})], invalid),
         "61 s old": (lambda: [proof(iat=now - 61)], invalid),
         "6 s in the future": (lambda: [proof(iat=now + 6)], invalid),
         "no ath": (lambda: [proof(access_token=None)], invalid),
         "ath of another token": (lambda: [proof(claims={"ath": b64url(b"x" * 32)})], invalid),
         "key is not cnf.jkt": (
-            lambda: [other.proof("GET", URL, access_token=token, iat=now)],
+            lambda: [other.proof("GET", url, access_token=token, iat=now)],
             "invalid_token",
         ),
         "oversized": (lambda: [proof(claims={"pad": "x" * 9000})], invalid),
@@ -168,11 +173,11 @@ def _unsigned(proof: str) -> str:
     return b64url(json.dumps(header).encode()) + "." + p + "."
 
 
-def _hs256(token: str, now: float, key: DPoPKey) -> str:
+def _hs256(token: str, now: float, key: DPoPKey, url: str) -> str:
     import jwt
 
     ath = b64url(hashlib.sha256(token.encode()).digest())
-    claims = {"jti": "x", "htm": "GET", "htu": URL, "iat": int(now), "ath": ath}
+    claims = {"jti": "x", "htm": "GET", "htu": url, "iat": int(now), "ath": ath}
     headers = {"typ": "dpop+jwt", "jwk": key.jwk}
     return jwt.encode(claims, "s" * 32, algorithm="HS256", headers=headers)
 
@@ -492,3 +497,73 @@ def test_thumbprint_is_rfc_7638s_example() -> None:
         "kid": "2011-04-29",
     }
     assert thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+# -- a fresh nonce rides on the successful response, through each adapter ------------------------
+
+
+def nonce_apps(rs: ResourceServer) -> dict[str, Any]:
+    from flask import Flask
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from bearerguard.asgi import BearerAuthMiddleware
+    from bearerguard.flask import BearerGuard
+    from bearerguard.starlette import Protect
+    from bearerguard.wsgi import BearerAuthMiddleware as WSGIMiddleware
+
+    def hello(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    asgi = Starlette(routes=[Route("/products", hello)])
+    asgi.add_middleware(BearerAuthMiddleware, server=rs)
+    decorated = Starlette(routes=[Route("/products", Protect(rs)()(hello))])
+
+    flask_app = Flask("nonces")
+    guard = BearerGuard(flask_app, server=rs)
+    flask_app.add_url_rule("/products", "products", guard.require()(lambda: "hello"))
+    wsgi = Flask("wsgi-nonces")
+    wsgi.add_url_rule("/products", "products", lambda: "hello")
+    wsgi.wsgi_app = WSGIMiddleware(wsgi.wsgi_app, server=rs)  # type: ignore[method-assign]
+
+    def via_testclient(app: Any) -> Any:
+        client = TestClient(app, base_url="https://api.test")
+        return lambda headers: client.get("/products", headers=headers)
+
+    def via_flask(app: Any) -> Any:
+        client = app.test_client()
+        return lambda headers: client.get("/products", headers=headers, base_url="https://api.test")
+
+    return {
+        "asgi middleware": via_testclient(asgi),
+        "starlette decorator": via_testclient(decorated),
+        "flask guard": via_flask(flask_app),
+        "wsgi middleware": via_flask(wsgi),
+    }
+
+
+def test_every_adapter_asks_for_a_nonce_and_sends_a_fresh_one_near_expiry(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    rs = server(issuer, dpop_nonce=True, dpop_nonce_secret="n" * 32)
+    token = bound(issuer, key)
+    for name, get in nonce_apps(rs).items():
+        clock.now = NOW
+
+        def headers(nonce: str | None) -> dict[str, str]:
+            proof = key.proof("GET", URL, access_token=token, iat=clock.now, nonce=nonce)
+            return {"Authorization": f"DPoP {token}", "DPoP": proof}
+
+        asked = get(headers(None))
+        assert asked.status_code == 401, name
+        assert 'error="use_dpop_nonce"' in asked.headers["WWW-Authenticate"], name
+        nonce = asked.headers["DPoP-Nonce"]
+        current = get(headers(nonce))
+        assert current.status_code == 200, name
+        assert "DPoP-Nonce" not in current.headers, name
+        clock.now += 300  # its last step: accepted, with the next one
+        late = get(headers(nonce))
+        assert late.status_code == 200, name
+        assert late.headers["DPoP-Nonce"] not in ("", nonce), name

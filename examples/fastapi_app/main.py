@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, StrictFloat, StrictInt
 
 from bearerguard import AccessToken, ResourceServer, WarmUpError
 from bearerguard.asgi import BearerAuthMiddleware
+from bearerguard.dpop import dpop_settings
 from bearerguard.fastapi import BearerAuth
 
 ISSUER = os.environ.get("AUTH_ISSUER", "http://127.0.0.1:3001/oidc")
@@ -33,7 +34,12 @@ except ImportError:
 else:
     observer = PrometheusObserver()
 
-server = ResourceServer(ISSUER, AUDIENCE, require_typ=True, observer=observer)
+# DPoP (RFC 9449): AUTH_DPOP off (default) / allowed / required; AUTH_DPOP_NONCE on to ask
+# for server nonces (replicas given one AUTH_DPOP_NONCE_SECRET accept each other's);
+# AUTH_REPLAY_STORE memory (default) or redis://host:port/db, shared by replicas.
+server = ResourceServer(
+    ISSUER, AUDIENCE, require_typ=True, observer=observer, **dpop_settings(os.environ)
+)
 auth = BearerAuth(
     server,
     scopes={"read:products": "Read the product catalogue", "write:products": "Change products"},

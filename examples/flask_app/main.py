@@ -17,6 +17,7 @@ from typing import Any
 from flask import Flask, abort, request
 from werkzeug.exceptions import HTTPException
 
+from bearerguard.dpop import dpop_settings
 from bearerguard.flask import BearerGuard, current_token
 
 try:  # Prometheus metrics at GET /metrics when prometheus-client is installed (under
@@ -33,6 +34,8 @@ app.config.update(
     BEARERGUARD_AUDIENCE=os.environ.get("AUTH_AUDIENCE", "https://shopping.api"),
     BEARERGUARD_REQUIRE_TYP=True,  # RFC 9068 "at+jwt" access tokens, as Logto issues
     BEARERGUARD_OBSERVER=observer,
+    # DPoP from AUTH_DPOP, AUTH_DPOP_NONCE, AUTH_DPOP_NONCE_SECRET, AUTH_REPLAY_STORE
+    **{f"BEARERGUARD_{k.upper()}": v for k, v in dpop_settings(os.environ).items()},
 )
 # Deny by default: every route needs a valid token unless listed here;
 # @guard.require then adds each route's scopes.

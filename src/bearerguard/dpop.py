@@ -19,7 +19,7 @@ import hmac
 import re
 import secrets
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -41,6 +41,7 @@ __all__ = [
     "ProofCheck",
     "access_token_hash",
     "check_proof",
+    "dpop_settings",
     "normalize_url",
     "thumbprint",
 ]
@@ -310,3 +311,25 @@ def check_proof(
             fresh = settings.nonces.current(now)
     digest = hashlib.sha256(f"{claims['jti']}\x00{claims['htm']}\x00{htu}".encode()).hexdigest()
     return ProofCheck(digest, settings.max_age + settings.max_future + 1, fresh)
+
+
+def dpop_settings(environ: Mapping[str, str], prefix: str = "AUTH_") -> dict[str, Any]:
+    """``ResourceServer`` DPoP arguments from the environment, as the examples read them:
+    ``AUTH_DPOP`` (``off``, ``allowed``, ``required``), ``AUTH_DPOP_NONCE`` (``on``/``off``),
+    ``AUTH_DPOP_NONCE_SECRET`` (shared by replicas; unset: a random one per process) and
+    ``AUTH_REPLAY_STORE`` (``memory``, or ``redis://host:port/db``). Empty with DPoP off."""
+    from .replay import replay_store_from_url
+
+    mode = environ.get(prefix + "DPOP", "off").strip().lower() or "off"
+    if mode == "off":
+        return {}
+    nonce = environ.get(prefix + "DPOP_NONCE", "off").strip().lower()
+    if nonce not in ("on", "off"):
+        raise ConfigurationError(f"{prefix}DPOP_NONCE must be 'on' or 'off', not {nonce!r}")
+    settings: dict[str, Any] = {"dpop": mode, "dpop_nonce": nonce == "on"}
+    secret = environ.get(prefix + "DPOP_NONCE_SECRET")
+    if nonce == "on" and secret:
+        settings["dpop_nonce_secret"] = secret
+    store = environ.get(prefix + "REPLAY_STORE", "memory").strip()
+    settings["dpop_replay_store"] = replay_store_from_url(store)
+    return settings

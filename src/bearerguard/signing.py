@@ -129,8 +129,9 @@ class DPoPKey:
         header: Mapping[str, Any] | None = None,
     ) -> str:
         """A proof for one request: ``htm``, ``htu`` (``url`` without query and fragment),
-        ``iat`` (now), a random ``jti``, ``ath`` for ``access_token``, ``nonce`` if given.
-        ``claims`` and ``header`` override what is generated (tests make bad proofs so)."""
+        ``iat`` (now, in whole seconds), a random ``jti``, ``ath`` for ``access_token``,
+        ``nonce`` if given. ``claims`` and ``header`` override what is generated (tests make
+        bad proofs so)."""
         import secrets
         import time
 
@@ -140,7 +141,7 @@ class DPoPKey:
             "jti": secrets.token_urlsafe(16),
             "htm": method.upper(),
             "htu": url.split("#", 1)[0].split("?", 1)[0],
-            "iat": int(time.time() if iat is None else iat),
+            "iat": int(time.time()) if iat is None else iat,
         }
         if access_token is not None:
             digest = hashlib.sha256(access_token.encode("ascii")).digest()
