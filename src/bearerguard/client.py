@@ -28,7 +28,7 @@ import weakref
 from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, urlsplit
 
 import httpx
 
@@ -48,6 +48,7 @@ from .fetch import (
     run_sync,
     sync_client,
 )
+from .signing import DPoPKey
 
 __all__ = ["ClientCredentialsAuth", "TokenRequestError", "fetch_token"]
 
@@ -79,6 +80,7 @@ class _Token:
     value: str
     refresh_at: float  # by the auth's clock
     response: dict[str, Any]
+    scheme: str = "Bearer"  # "DPoP" for a DPoP-bound token
 
 
 def _basic(client_id: str, client_secret: str) -> str:
@@ -100,6 +102,24 @@ def _lifetime(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         return None
     return float(value)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _error_of(response: Fetched) -> str | None:
+    body = _json(response.body) if response.body else None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, str) else None
+
+
+def _asks_nonce(response: Any) -> bool:
+    """A 401 whose DPoP challenge asks for a nonce (RFC 9449 section 9)."""
+    return response.status_code == 401 and any(
+        "use_dpop_nonce" in v for v in response.headers.get_list("www-authenticate")
+    )
 
 
 def _rejected(response: httpx.Response) -> bool:
@@ -142,6 +162,7 @@ class ClientCredentialsAuth(_Auth):
         transport: Transport | None = None,
         http_client: SyncClient | None = None,
         async_http_client: AsyncClient | None = None,
+        dpop_key: DPoPKey | bool | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if (token_endpoint is None) == (issuer is None):
@@ -164,6 +185,9 @@ class ClientCredentialsAuth(_Auth):
         self.async_http_client = async_http_client
         self.clock = clock
         self._authorization = _basic(client_id, client_secret)
+        #: The DPoP key (RFC 9449) tokens are bound to, or None for Bearer tokens.
+        self.dpop_key = DPoPKey.generate() if dpop_key is True else (dpop_key or None)
+        self._nonces: dict[str, str] = {}  # the last DPoP-Nonce each origin sent
         self._token: _Token | None = None
         self._lock = threading.Lock()
         self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
@@ -180,25 +204,53 @@ class ClientCredentialsAuth(_Auth):
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
         token = self._get_sync()
-        request.headers["Authorization"] = f"Bearer {token.value}"
-        response = yield request
-        if _rejected(response):
-            self._forget(token)
-            if isinstance(request.stream, BYTE_STREAMS):  # a body we can send again
-                request.headers["Authorization"] = f"Bearer {self._get_sync().value}"
-                yield request
+        response = yield self._authorize(request, token)
+        retry = self._retry(request, response, token)
+        if retry == "token":
+            response = yield self._authorize(request, self._get_sync())
+        elif retry == "nonce":
+            response = yield self._authorize(request, token)
+        self._remember_nonce(request, response)
 
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         token = await self._get_async()
-        request.headers["Authorization"] = f"Bearer {token.value}"
-        response = yield request
+        response = yield self._authorize(request, token)
+        retry = self._retry(request, response, token)
+        if retry == "token":
+            response = yield self._authorize(request, await self._get_async())
+        elif retry == "nonce":
+            response = yield self._authorize(request, token)
+        self._remember_nonce(request, response)
+
+    def _authorize(self, request: Any, token: _Token) -> Any:
+        """``request`` with the token, and with a fresh proof for a DPoP-bound one."""
+        request.headers["Authorization"] = f"{token.scheme} {token.value}"
+        if token.scheme == "DPoP" and self.dpop_key is not None:
+            url = str(request.url)
+            request.headers["DPoP"] = self.dpop_key.proof(
+                request.method, url, access_token=token.value, nonce=self._nonces.get(_origin(url))
+            )
+        return request
+
+    def _retry(self, request: Any, response: Any, token: _Token) -> str | None:
+        """Once: "nonce" when the API asks for a DPoP nonce, "token" when it refuses the
+        token (a new one is fetched); only for a body that can be sent again."""
+        again = isinstance(request.stream, BYTE_STREAMS)  # a streamed body cannot be resent
+        if self._remember_nonce(request, response) and _asks_nonce(response):
+            return "nonce" if again else None
         if _rejected(response):
-            self._forget(token)
-            if isinstance(request.stream, BYTE_STREAMS):
-                request.headers["Authorization"] = f"Bearer {(await self._get_async()).value}"
-                yield request
+            self._forget(token)  # the next request fetches a new one either way
+            return "token" if again else None
+        return None
+
+    def _remember_nonce(self, request: Any, response: Any) -> bool:
+        nonce = response.headers.get("dpop-nonce")
+        if self.dpop_key is None or not nonce:
+            return False
+        self._nonces[_origin(str(request.url))] = nonce
+        return True
 
     def get_token(self) -> str:
         """A valid access token (cached or freshly fetched), for callers outside httpx."""
@@ -260,13 +312,23 @@ class ClientCredentialsAuth(_Auth):
             form["resource"] = self.resource
         if self.scope:
             form["scope"] = self.scope
-        response = yield httpx.Request(
-            "POST",
-            self.token_endpoint,
-            headers={**headers, "Authorization": self._authorization},
-            data=form,
-        )
+        headers = {**headers, "Authorization": self._authorization}
+        response = yield self._token_request(headers, form)
+        nonce = response.headers.get("dpop-nonce")
+        if self.dpop_key is not None and nonce and _error_of(response) == "use_dpop_nonce":
+            self._nonces[_origin(self.token_endpoint)] = nonce
+            response = yield self._token_request(headers, form)  # once, with its nonce
         return self._parse(response)
+
+    def _token_request(self, headers: dict[str, str], form: dict[str, str]) -> httpx.Request:
+        assert self.token_endpoint is not None
+        if self.dpop_key is not None:  # RFC 9449 section 5: the token is bound to this key
+            nonce = self._nonces.get(_origin(self.token_endpoint))
+            headers = {
+                **headers,
+                "DPoP": self.dpop_key.proof("POST", self.token_endpoint, nonce=nonce),
+            }
+        return httpx.Request("POST", self.token_endpoint, headers=headers, data=form)
 
     def _parse(self, response: Fetched) -> _Token:
         body = _json(response.body)
@@ -284,12 +346,17 @@ class ClientCredentialsAuth(_Auth):
         if not isinstance(value, str) or not value:
             raise TokenRequestError("invalid_response", "the response has no access_token", status)
         token_type = body.get("token_type")
-        if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            detail = f"token_type {token_type!r} is not Bearer"
+        kind = token_type.lower() if isinstance(token_type, str) else None
+        expected = "dpop" if self.dpop_key is not None else "bearer"
+        if kind != expected and not (kind == "bearer" and expected == "dpop"):
+            detail = (
+                f"token_type {token_type!r} is not {'DPoP' if expected == 'dpop' else 'Bearer'}"
+            )
             raise TokenRequestError("invalid_response", detail, status)
         lifetime = _lifetime(body.get("expires_in")) or DEFAULT_LIFETIME
         refresh_at = self.clock() + lifetime - min(self.margin, lifetime / 10)
-        return _Token(value, refresh_at, body)
+        # An issuer without DPoP answers Bearer to a request with a proof: used as Bearer.
+        return _Token(value, refresh_at, body, "DPoP" if kind == "dpop" else "Bearer")
 
     # -- driving it (fetch.py's drivers: bounded bodies, one error type) --------------------------
 

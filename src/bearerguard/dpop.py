@@ -38,12 +38,14 @@ __all__ = [
     "DPoPMode",
     "DPoPSettings",
     "NonceSource",
+    "Proof",
     "ProofCheck",
     "access_token_hash",
     "check_proof",
     "dpop_settings",
     "normalize_url",
     "thumbprint",
+    "verify_proof",
 ]
 
 DEFAULT_DPOP_ALGORITHMS = ("ES256", "ES384", "EdDSA", "RS256", "PS256")
@@ -227,19 +229,33 @@ def _refuse(description: str, reason: Reason = Reason.INVALID_DPOP_PROOF) -> Inv
     return InvalidDPoPProof(description, reason=reason)
 
 
-def check_proof(
+@dataclass(frozen=True)
+class Proof:
+    """A proof whose signature, members, method, URL and time checked out."""
+
+    claims: dict[str, Any]
+    jkt: str  # the RFC 7638 thumbprint of its key
+    htu: str  # normalized
+
+    def replay_key(self) -> str:
+        """What makes it one proof: its jti, for this method and URL (hashed)."""
+        material = f"{self.claims['jti']}\x00{self.claims['htm']}\x00{self.htu}"
+        return hashlib.sha256(material.encode()).hexdigest()
+
+
+def verify_proof(
     proofs: Sequence[str],
     *,
     method: str,
     url: str,
-    raw_token: str,
-    token: AccessToken,
-    settings: DPoPSettings,
+    algorithms: frozenset[str],
+    max_age: float,
+    max_future: float,
     now: float,
     max_length: int = 8192,
-) -> ProofCheck:
-    """Every check of RFC 9449 section 4.3 for a request with ``Authorization: DPoP
-    <raw_token>`` (``token``, verified) and these ``DPoP`` header values."""
+) -> Proof:
+    """The checks of RFC 9449 section 4.3 that need no access token: for resource servers
+    (``check_proof`` adds ath, the key binding and the nonce) and for a token endpoint."""
     if len(proofs) != 1:
         raise _refuse("exactly one DPoP header is required")
     proof = proofs[0].strip()
@@ -255,8 +271,9 @@ def check_proof(
     if header.get("typ") != "dpop+jwt":
         raise _refuse('the DPoP proof\'s typ must be "dpop+jwt"')
     alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in settings.algorithms:
-        raise _refuse(f"the DPoP proof's alg must be one of: {settings.algs}")
+    if not isinstance(alg, str) or alg not in algorithms:
+        shown = " ".join(a for a in DEFAULT_DPOP_ALGORITHMS if a in algorithms) or "none"
+        raise _refuse(f"the DPoP proof's alg must be one of: {shown}")
     jwk = header.get("jwk")
     if not isinstance(jwk, dict):
         raise _refuse("the DPoP proof has no jwk header")
@@ -269,8 +286,8 @@ def check_proof(
         check_signature(signature, f"{h}.{p}".encode(), alg, key)
     except InvalidToken:
         raise _refuse("the DPoP proof's signature does not verify with its jwk") from None
-    for name, kind in (("jti", str), ("htm", str), ("htu", str)):
-        if not isinstance(claims.get(name), kind) or not claims[name]:
+    for name in ("jti", "htm", "htu"):
+        if not isinstance(claims.get(name), str) or not claims[name]:
             raise _refuse(f"the DPoP proof needs {name}")
     if len(claims["jti"]) > _MAX_JTI:
         raise _refuse("the DPoP proof's jti is too long")
@@ -287,17 +304,44 @@ def check_proof(
         raise _refuse("the DPoP proof's htu is not an http(s) URL") from None
     if htu != expected:
         raise _refuse("the DPoP proof is for another URL (htu)")
-    if iat < now - settings.max_age:
+    if iat < now - max_age:
         raise _refuse("the DPoP proof is too old (iat)")
-    if iat > now + settings.max_future:
+    if iat > now + max_future:
         raise _refuse("the DPoP proof is from the future (iat)")
-    ath = claims.get("ath")
-    if not isinstance(ath, str) or not hmac.compare_digest(ath, access_token_hash(raw_token)):
-        raise _refuse("the DPoP proof is for another access token (ath)")
     try:
         jkt = thumbprint(jwk)
     except ValueError:
         raise _refuse("the DPoP proof's jwk has no thumbprint") from None
+    return Proof(claims, jkt, htu)
+
+
+def check_proof(
+    proofs: Sequence[str],
+    *,
+    method: str,
+    url: str,
+    raw_token: str,
+    token: AccessToken,
+    settings: DPoPSettings,
+    now: float,
+    max_length: int = 8192,
+) -> ProofCheck:
+    """Every check of RFC 9449 section 4.3 for a request with ``Authorization: DPoP
+    <raw_token>`` (``token``, verified) and these ``DPoP`` header values."""
+    proof = verify_proof(
+        proofs,
+        method=method,
+        url=url,
+        algorithms=settings.algorithms,
+        max_age=settings.max_age,
+        max_future=settings.max_future,
+        now=now,
+        max_length=max_length,
+    )
+    claims, jkt = proof.claims, proof.jkt
+    ath = claims.get("ath")
+    if not isinstance(ath, str) or not hmac.compare_digest(ath, access_token_hash(raw_token)):
+        raise _refuse("the DPoP proof is for another access token (ath)")
     if not token.jkt or not hmac.compare_digest(token.jkt, jkt):
         raise InvalidToken(
             "the access token is bound to another key (cnf.jkt)", reason=Reason.DPOP_BINDING
@@ -309,8 +353,7 @@ def check_proof(
             raise UseDPoPNonce(settings.nonces.current(now))
         if state is False:
             fresh = settings.nonces.current(now)
-    digest = hashlib.sha256(f"{claims['jti']}\x00{claims['htm']}\x00{htu}".encode()).hexdigest()
-    return ProofCheck(digest, settings.max_age + settings.max_future + 1, fresh)
+    return ProofCheck(proof.replay_key(), settings.max_age + settings.max_future + 1, fresh)
 
 
 def dpop_settings(environ: Mapping[str, str], prefix: str = "AUTH_") -> dict[str, Any]:

@@ -27,8 +27,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ..errors import ConfigurationError, render_challenge
+from ..dpop import DEFAULT_DPOP_ALGORITHMS, verify_proof
+from ..errors import ConfigurationError, InvalidDPoPProof, render_challenge
 from ..fetch import is_loopback
+from ..replay import MemoryReplayStore
 from ..signing import SigningKey
 from .config import IssuerConfig, load_config
 from .grant import Grant, OAuthError, grant, token_request
@@ -113,6 +115,7 @@ class DevIssuer:
             raise ConfigurationError(f"issuer must be an http(s) URL: {self.issuer!r}")
         self.keys = keys if keys is not None else KeyStore()
         self.clock = clock
+        self._proofs = MemoryReplayStore(clock=clock)  # DPoP proofs seen at the token endpoint
         self.app = self._routes(parts.path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -139,6 +142,7 @@ class DevIssuer:
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "scopes_supported": sorted({s for r in self.config.resources for s in r.scopes}),
             "response_types_supported": [],
+            "dpop_signing_alg_values_supported": list(DEFAULT_DPOP_ALGORITHMS),
         }
 
     def issue(
@@ -210,7 +214,28 @@ class DevIssuer:
         )
         return uvicorn.Server(config)
 
-    def _mint(self, grant: Grant) -> dict[str, Any]:
+    def _dpop_key(self, proofs: list[str]) -> str | None:
+        """RFC 9449 section 5: with a DPoP proof the token is bound to its key (the jkt);
+        a proof that fails a check is ``invalid_dpop_proof``."""
+        if not proofs:
+            return None
+        try:
+            proof = verify_proof(
+                proofs,
+                method="POST",
+                url=self.token_endpoint,
+                algorithms=frozenset(DEFAULT_DPOP_ALGORITHMS),
+                max_age=60,
+                max_future=5,
+                now=self.clock(),
+            )
+        except InvalidDPoPProof as exc:
+            raise OAuthError("invalid_dpop_proof", exc.description) from None
+        if not self._proofs.add(proof.replay_key(), 66):
+            raise OAuthError("invalid_dpop_proof", "the DPoP proof was used before")
+        return proof.jkt
+
+    def _mint(self, grant: Grant, jkt: str | None = None) -> dict[str, Any]:
         now = int(self.clock())
         ttl = grant.resource.ttl
         key = self.keys.current
@@ -224,13 +249,15 @@ class DevIssuer:
         if scope:
             claims["scope"] = scope
         claims.update(client_id=grant.app.id, iss=self.issuer, aud=grant.resource.indicator)
+        if jkt is not None:
+            claims["cnf"] = {"jkt": jkt}
         token = jwt.encode(
             claims, key.private_key, algorithm=key.alg, headers={"typ": "at+jwt", "kid": key.kid}
         )
         response: dict[str, Any] = {
             "access_token": token,
             "expires_in": ttl,
-            "token_type": "Bearer",
+            "token_type": "DPoP" if jkt is not None else "Bearer",
         }
         if scope:
             response["scope"] = scope
@@ -287,7 +314,8 @@ class DevIssuer:
                 content_type=request.headers.get("content-type"),
                 body=body,
             )
-            response: Response = JSONResponse(self._mint(decided), headers=NO_STORE)
+            jkt = self._dpop_key(request.headers.getlist("dpop"))
+            response: Response = JSONResponse(self._mint(decided, jkt), headers=NO_STORE)
         except OAuthError as exc:
             response = self._error(exc)
         response.headers.update(cors)
@@ -300,7 +328,7 @@ class DevIssuer:
             return Response(status_code=403)
         # Any header a loopback page asks for (Swagger UI adds X-Requested-With, Accept).
         asked = request.headers.get("access-control-request-headers", "")
-        names = {n.lower(): n for n in ("Authorization", "Content-Type")}
+        names = {n.lower(): n for n in ("Authorization", "Content-Type", "DPoP")}
         for name in (n.strip() for n in asked.split(",")):
             if _HEADER_NAME.fullmatch(name):
                 names.setdefault(name.lower(), name)
