@@ -211,6 +211,65 @@ def bench_observers(rounds: int, target_s: float) -> dict[str, float]:
     return {name: statistics.median(v) * 1e6 for name, v in samples.items()}
 
 
+def dpop_runs(issuer: LocalIssuer, proofs_needed: int, redis_url: str | None) -> dict[str, Any]:
+    """A DPoP request on the hit path (a cached token, a fresh ES256 proof each time) with
+    the memory replay store and, when a redis-server runs, the Redis one; the floor is the
+    raw ES256 verify of the same proofs' signatures. Proofs are made before timing, each
+    used once (the replay store refuses a second use)."""
+    from bearerguard.dpop import DPoPKey
+    from bearerguard.request import RequestView
+    from bearerguard.rules import Requirement
+
+    key = DPoPKey.generate("ES256")
+    url = "https://shopping.api/products"
+    token = issuer.mint("read:products", claims={"cnf": {"jkt": key.jkt}})
+    public = key.private_key.public_key()
+    algo = ec.ECDSA(HASHES["ES256"]())
+    requirement = Requirement(scopes=("read:products",))
+    stores: dict[str, Any] = {"memory store": None}
+    if redis_url is not None:
+        from bearerguard.replay import replay_store_from_url
+
+        stores["Redis store (loopback)"] = replay_store_from_url(redis_url)
+    runs: dict[str, Any] = {}
+    for name, store in stores.items():
+        server = issuer.resource_server(
+            AUDIENCE, transport=None, dpop="required", dpop_replay_store=store
+        )
+        proofs = iter([key.proof("GET", url, access_token=token) for _ in range(proofs_needed)])
+        header = [f"DPoP {token}"]
+        first = RequestView("GET", header, url=url, dpop=[next(proofs)])
+        assert server.authorize(first, requirement) is not None  # the token is cached now
+
+        def run(server: Any = server, proofs: Any = proofs, header: Any = header) -> Any:
+            view = RequestView("GET", header, url=url, dpop=[next(proofs)])
+            return server.authorize(view, requirement)
+
+        runs[f"DPoP request, {name}"] = run
+    floor_proofs = iter([key.proof("GET", url, access_token=token) for _ in range(proofs_needed)])
+
+    def floor() -> None:
+        h, p, s = next(floor_proofs).split(".")
+        sig = b64d(s)
+        der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+        public.verify(der, f"{h}.{p}".encode(), algo)
+
+    return {"floor (ES256 verify of the proof)": floor, **runs}
+
+
+def bench_dpop(rounds: int, batch: int, redis_url: str | None) -> dict[str, float]:
+    """Median µs per request for each DPoP run (interleaved rounds of ``batch`` calls)."""
+    issuer = LocalIssuer("https://issuer.test/oidc", audience=AUDIENCE, alg="ES384")
+    with issuer.serve():
+        runs = dpop_runs(issuer, rounds * batch + 1, redis_url)
+        samples: dict[str, list[float]] = {name: [] for name in runs}
+        names = list(runs)
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                samples[name].append(time_batch(runs[name], batch))
+    return {name: statistics.median(v) * 1e6 for name, v in samples.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -220,14 +279,28 @@ def main() -> None:
     parser.add_argument(
         "--observers-only", action="store_true", help="only the observers' cost on the hit path"
     )
+    parser.add_argument("--dpop-only", action="store_true", help="only the DPoP request cost")
+    parser.add_argument(
+        "--redis", default=None, help="a redis:// URL for the Redis replay store's figures"
+    )
     args = parser.parse_args()
+    dpop = bench_dpop(args.rounds, 200, args.redis)
+    floor_us = dpop["floor (ES256 verify of the proof)"]
+    print(f"DPoP request on the hit path, median of {args.rounds} interleaved rounds of 200")
+    print("| run | per request | ratio to the floor |")
+    print("|---|---|---|")
+    for name, us in dpop.items():
+        print(f"| {name} | {us:.1f} µs | {us / floor_us:.2f}x |")
+    print()
+    if args.dpop_only:
+        return
     observed = bench_observers(args.rounds, args.batch_seconds)
     if args.observers_only:
         reports = []
     else:
         reports = [bench_alg(a, args.rounds, args.batch_seconds) for a in args.algs.split(",")]
     if args.json:
-        print(json.dumps({"verify": reports, "observers_us": observed}, indent=2))
+        print(json.dumps({"verify": reports, "observers_us": observed, "dpop_us": dpop}, indent=2))
         return
     base = observed["no observer"]
     print(f"hit path per request (authorize, ES384), median of {args.rounds} interleaved rounds")

@@ -48,6 +48,8 @@ def credentials(
     usual = authorization.startswith("Bearer ") and " " not in authorization[7:]
     if usual:
         token = authorization[7:]
+    elif authorization.startswith("DPoP ") and "dpop" in schemes and " " not in authorization[5:]:
+        token, usual = authorization[5:], True  # RFC 9449's spelling, as common as Bearer's
     else:
         try:
             scheme, token = split_scheme(authorization.strip(" \t"))

@@ -14,6 +14,7 @@ replica's nonce.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -26,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError, InvalidDPoPProof, InvalidToken, Reason, UseDPoPNonce
-from .keys import load_jwk
+from .keys import VerificationKey, load_jwk
 from .replay import MemoryReplayStore, ReplayStore
 from .signing import DPoPKey, b64url, thumbprint
 from .token import AccessToken
@@ -94,6 +95,7 @@ def _remove_dot_segments(path: str) -> str:
     return result if result.startswith("/") else "/" + result
 
 
+@functools.lru_cache(maxsize=1024)
 def normalize_url(url: str) -> str:
     """A URL without query and fragment, normalized as RFC 3986 sections 6.2.2 and 6.2.3 say:
     scheme and host lowercased, percent-encodings uppercased (unreserved ones decoded), dot
@@ -243,6 +245,33 @@ class Proof:
         return hashlib.sha256(material.encode()).hexdigest()
 
 
+# A client signs every proof with one key, so its proofs share a header segment: decoded,
+# checked and turned into a key once (bounded; starts over when full).
+_headers: dict[str, tuple[str, VerificationKey, str]] = {}
+
+
+def _header(header: dict[str, Any]) -> tuple[str, VerificationKey, str]:
+    """(alg, key, jkt) from a proof's JOSE header; InvalidDPoPProof if it is not one."""
+    if header.get("typ") != "dpop+jwt":
+        raise _refuse('the DPoP proof\'s typ must be "dpop+jwt"')
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in _ASYMMETRIC:
+        raise _refuse(f"the DPoP proof's alg must be one of: {' '.join(DEFAULT_DPOP_ALGORITHMS)}")
+    jwk = header.get("jwk")
+    if not isinstance(jwk, dict):
+        raise _refuse("the DPoP proof has no jwk header")
+    if any(member in jwk for member in _PRIVATE_MEMBERS):
+        raise _refuse("the DPoP proof's jwk must be a public key")
+    key = load_jwk({k: v for k, v in jwk.items() if k not in ("use", "key_ops")})
+    if key is None:
+        raise _refuse("the DPoP proof's jwk is not a usable public key")
+    try:
+        jkt = thumbprint(jwk)
+    except ValueError:
+        raise _refuse("the DPoP proof's jwk has no thumbprint") from None
+    return alg, key, jkt
+
+
 def verify_proof(
     proofs: Sequence[str],
     *,
@@ -263,25 +292,20 @@ def verify_proof(
         raise _refuse("the DPoP header must hold one JWT")
     try:
         h, p, s = split(proof)
-        header = segment_json(h, "header")
         claims = segment_json(p, "payload")
         signature = segment_bytes(s)
+        known = _headers.get(h)
+        if known is None:
+            known = _header(segment_json(h, "header"))
+            if len(_headers) >= 512:
+                _headers.clear()
+            _headers[h] = known
     except InvalidToken:
         raise _refuse("the DPoP proof is not a well-formed JWT") from None
-    if header.get("typ") != "dpop+jwt":
-        raise _refuse('the DPoP proof\'s typ must be "dpop+jwt"')
-    alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in algorithms:
+    alg, key, jkt = known
+    if alg not in algorithms:
         shown = " ".join(a for a in DEFAULT_DPOP_ALGORITHMS if a in algorithms) or "none"
         raise _refuse(f"the DPoP proof's alg must be one of: {shown}")
-    jwk = header.get("jwk")
-    if not isinstance(jwk, dict):
-        raise _refuse("the DPoP proof has no jwk header")
-    if any(member in jwk for member in _PRIVATE_MEMBERS):
-        raise _refuse("the DPoP proof's jwk must be a public key")
-    key = load_jwk({k: v for k, v in jwk.items() if k not in ("use", "key_ops")})
-    if key is None:
-        raise _refuse("the DPoP proof's jwk is not a usable public key")
     try:
         check_signature(signature, f"{h}.{p}".encode(), alg, key)
     except InvalidToken:
@@ -308,10 +332,6 @@ def verify_proof(
         raise _refuse("the DPoP proof is too old (iat)")
     if iat > now + max_future:
         raise _refuse("the DPoP proof is from the future (iat)")
-    try:
-        jkt = thumbprint(jwk)
-    except ValueError:
-        raise _refuse("the DPoP proof's jwk has no thumbprint") from None
     return Proof(claims, jkt, htu)
 
 

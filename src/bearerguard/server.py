@@ -375,10 +375,15 @@ class ResourceServer:
             else:
                 proof = self.dpop is not None and found is not None and scheme_of(found) == "dpop"
                 begun, cached = perf_counter(), False
-                token, cached = self._verify_sync(found, None)
                 if proof:
-                    self._prove_sync(view, found, token)  # type: ignore[arg-type]
+                    raw = self._credentials(found)
+                    hit = self._cached("Bearer " + raw)  # DPoP tokens are cached as any
+                    token, cached = (
+                        (hit, True) if hit is not None else self._verify_sync(found, None)
+                    )
+                    self._prove_sync(view, raw, token)
                 else:
+                    token, cached = self._verify_sync(found, None)
                     self._as_bearer(token)
             token = settle(token, view, requirement)
         except AuthError as exc:
@@ -413,10 +418,16 @@ class ResourceServer:
             else:
                 proof = self.dpop is not None and found is not None and scheme_of(found) == "dpop"
                 begun, cached = perf_counter(), False
-                token, cached = await self._verify_async(found, None)
                 if proof:
-                    await self._prove_async(view, found, token)  # type: ignore[arg-type]
+                    raw = self._credentials(found)
+                    hit = self._cached("Bearer " + raw)
+                    if hit is not None:
+                        token, cached = hit, True
+                    else:
+                        token, cached = await self._verify_async(found, None)
+                    await self._prove_async(view, raw, token)
                 else:
+                    token, cached = await self._verify_async(found, None)
                     self._as_bearer(token)
             token = settle(token, view, requirement)
         except AuthError as exc:
@@ -453,29 +464,29 @@ class ResourceServer:
             raise exc
         self._as_bearer(token)
 
-    def _proof(self, view: RequestView, header: str, token: AccessToken) -> Any:
+    def _proof(self, view: RequestView, raw: str, token: AccessToken) -> Any:
         assert self.dpop is not None
         return check_proof(
             view.dpop,
             method=view.method,
             url=view.url,
-            raw_token=self._credentials(header),
+            raw_token=raw,
             token=token,
             settings=self.dpop,
             now=self._clock(),
             max_length=self.max_token_length,
         )
 
-    def _prove_sync(self, view: RequestView, header: str, token: AccessToken) -> None:
-        check = self._proof(view, header, token)
+    def _prove_sync(self, view: RequestView, raw: str, token: AccessToken) -> None:
+        check = self._proof(view, raw, token)
         assert self.dpop is not None
         if not self.dpop.replay.add(check.replay_key, check.ttl):
             raise InvalidDPoPProof("the DPoP proof was used before", reason=Reason.DPOP_REPLAY)
         if check.fresh_nonce is not None:
             view.reply = {"DPoP-Nonce": check.fresh_nonce}
 
-    async def _prove_async(self, view: RequestView, header: str, token: AccessToken) -> None:
-        check = self._proof(view, header, token)
+    async def _prove_async(self, view: RequestView, raw: str, token: AccessToken) -> None:
+        check = self._proof(view, raw, token)
         assert self.dpop is not None
         if not await self.dpop.replay.add_async(check.replay_key, check.ttl):
             raise InvalidDPoPProof("the DPoP proof was used before", reason=Reason.DPOP_REPLAY)
