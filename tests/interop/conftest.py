@@ -186,6 +186,7 @@ class IssuerProcess:
         self.issuer = ""
         self.proc: subprocess.Popen[str] | None = None
         self._starts = 0
+        self.dpop = False  # oidc-provider's DPoP feature (issuer.mjs --dpop)
 
     # The endpoints, as Logto lays them out.
     @property
@@ -209,7 +210,15 @@ class IssuerProcess:
         log = self.workdir / f"issuer-{self._starts}.log"
         with log.open("w") as stderr:
             self.proc = subprocess.Popen(
-                [self.node, "issuer.mjs", "--port", str(self.port), "--keys", str(keys_file)],
+                [
+                    self.node,
+                    "issuer.mjs",
+                    "--port",
+                    str(self.port),
+                    "--keys",
+                    str(keys_file),
+                    *(["--dpop"] if self.dpop else []),
+                ],
                 cwd=HERE,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -280,10 +289,11 @@ def start_issuer(
     """``start_issuer(keys)`` -> a running IssuerProcess; all are stopped at the end."""
     started: list[IssuerProcess] = []
 
-    def start(keys: Sequence[dict[str, Any]] | None = None) -> IssuerProcess:
+    def start(keys: Sequence[dict[str, Any]] | None = None, *, dpop: bool = False) -> IssuerProcess:
         process = IssuerProcess(
             node, tmp_path_factory.mktemp("issuer"), keys if keys else [new_key("ES384")]
         )
+        process.dpop = dpop
         started.append(process)
         process.start()
         return process

@@ -1,7 +1,10 @@
 // oidc-provider configured as Logto's token endpoint (client_credentials + resource indicators),
 // for bearerguard's interop tests. Listens on 127.0.0.1 only.
 //
-//   node issuer.mjs --port 0 --keys keys.json
+//   node issuer.mjs --port 0 --keys keys.json [--dpop]
+//
+// --dpop turns oidc-provider's DPoP on (RFC 9449: a token request with a proof gets a token
+// bound to its key). Logto keeps it off; it is the engine's default.
 //
 // keys.json is a JWK Set of *private* keys in order: keys[0] is the current signer, the rest
 // stay published in the JWKS (Logto's Previous/Next keys). The signing algorithm follows keys[0]:
@@ -16,7 +19,11 @@ import { parseArgs } from 'node:util';
 import Provider, { errors } from 'oidc-provider';
 
 const { values: args } = parseArgs({
-  options: { port: { type: 'string', default: '0' }, keys: { type: 'string' } },
+  options: {
+    port: { type: 'string', default: '0' },
+    keys: { type: 'string' },
+    dpop: { type: 'boolean', default: false },
+  },
 });
 const jwks = JSON.parse(readFileSync(args.keys ?? process.env.ISSUER_KEYS_FILE, 'utf8'));
 const [current] = jwks.keys;
@@ -82,7 +89,7 @@ const provider = new Provider(issuer, {
     },
     // Everything an M2M token endpoint does not need.
     devInteractions: { enabled: false },
-    dPoP: { enabled: false },
+    dPoP: { enabled: args.dpop },
     pushedAuthorizationRequests: { enabled: false },
     rpInitiatedLogout: { enabled: false },
     userinfo: { enabled: false },

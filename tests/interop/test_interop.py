@@ -552,3 +552,53 @@ def test_organization_id_from_the_audience() -> None:
     assert token.scopes == frozenset()
     with pytest.raises(InvalidToken):  # an organization token is not a token for the API
         local.resource_server(RESOURCE).verify_token(local.mint(audience=audience))
+
+
+# -- DPoP (RFC 9449): oidc-provider binds the tokens, the examples check the proofs ---------------
+
+
+@pytest.fixture(scope="module")
+def dpop_issuer(start_issuer: Callable[..., Any]) -> Any:
+    return start_issuer(dpop=True)
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
+def test_dpop_bound_tokens_from_oidc_provider_work_with_our_proofs_only(
+    server: str,
+    dpop_issuer: Any,
+    python_exe: str,
+    serve_app: Any,
+    free_port: Callable[[], int],
+    tmp_path: Path,
+) -> None:
+    from bearerguard.dpop import DPoPKey
+
+    port = free_port()
+    if server == "uvicorn":
+        argv = [python_exe, "-m", "uvicorn", "--app-dir", "examples/fastapi_app", "main:app"]
+        argv += ["--host", "127.0.0.1", "--port", str(port)]
+    else:
+        argv = [python_exe, "-m", "gunicorn", "--chdir", "examples/flask_app", "main:app"]
+        argv += ["-b", f"127.0.0.1:{port}", "--workers", "1"]
+    env = {"AUTH_ISSUER": dpop_issuer.issuer, "AUTH_AUDIENCE": RESOURCE, "AUTH_DPOP": "required"}
+    key = DPoPKey.generate("ES256")
+    auth = ClientCredentialsAuth(
+        issuer=dpop_issuer.issuer,
+        client_id=dpop_issuer.admin.client_id,
+        client_secret=dpop_issuer.admin.client_secret,
+        resource=RESOURCE,
+        scope=SCOPES,
+        dpop_key=key,
+    )
+    with serve_app(argv, port, env, tmp_path / f"{server}.log") as base:
+        token = auth.get_token()
+        claims = segment(token, 1)
+        assert claims["cnf"] == {"jkt": key.jkt}  # oidc-provider bound it to our key
+        with httpx.Client(base_url=base, auth=auth, timeout=10) as client:
+            assert client.get("/products").status_code == 200
+            created = client.post("/products", json={"name": "Kettle", "price": 45})
+            assert created.status_code == 201
+            assert client.delete(f"/products/{created.json()['id']}").status_code == 204
+        as_bearer = httpx.get(base + "/products", headers={"Authorization": f"Bearer {token}"})
+        assert as_bearer.status_code == 401
+        assert as_bearer.headers["www-authenticate"].startswith("DPoP ")
