@@ -567,3 +567,78 @@ def test_every_adapter_asks_for_a_nonce_and_sends_a_fresh_one_near_expiry(
         late = get(headers(nonce))
         assert late.status_code == 200, name
         assert late.headers["DPoP-Nonce"] not in ("", nonce), name
+
+
+# -- per route: DPoP only where a route says so ---------------------------------------------------
+
+
+def test_a_route_can_take_dpop_only_on_a_server_that_allows_both(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    from fastapi import FastAPI, Security
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from bearerguard.asgi import BearerAuthMiddleware
+    from bearerguard.fastapi import BearerAuth
+    from bearerguard.rules import Rule
+    from bearerguard.starlette import Protect
+
+    rs = server(issuer, "allowed")
+
+    def hello(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    by_rule = Starlette(routes=[Route("/products", hello), Route("/open", hello)])
+    by_rule.add_middleware(BearerAuthMiddleware, server=rs, rules=[Rule("/products", dpop=True)])
+    by_decorator = Starlette(
+        routes=[
+            Route("/products", Protect(rs)(dpop=True)(hello)),
+            Route("/open", Protect(rs)()(hello)),
+        ]
+    )
+    api = FastAPI()
+    auth = BearerAuth(rs)
+
+    @api.get("/products", dependencies=[Security(auth.dpop())])
+    def products() -> str:
+        return "hello"
+
+    @api.get("/open", dependencies=[Security(auth)])
+    def open_route() -> str:
+        return "hello"
+
+    plain = issuer.mint("read")
+    token = bound(issuer, key)
+    for name, app in (("rule", by_rule), ("decorator", by_decorator), ("fastapi", api)):
+        client = TestClient(app, base_url="https://api.test")
+        bearer = client.get("/products", headers={"Authorization": f"Bearer {plain}"})
+        assert bearer.status_code == 401, name
+        assert "this route takes DPoP-bound tokens only" in bearer.text, name
+        assert client.get("/open", headers={"Authorization": f"Bearer {plain}"}).status_code == 200
+        proof = key.proof("GET", URL, access_token=token, iat=clock.now)
+        headers = {"Authorization": f"DPoP {token}", "DPoP": proof}
+        assert client.get("/products", headers=headers).status_code == 200, name
+
+
+def test_a_dpop_only_route_on_a_server_without_dpop_is_a_start_up_error(
+    issuer: LocalIssuer,
+) -> None:
+    from starlette.applications import Starlette
+
+    from bearerguard.asgi import BearerAuthMiddleware
+    from bearerguard.fastapi import BearerAuth
+    from bearerguard.rules import Rule
+    from bearerguard.starlette import Protect
+
+    rs = server(issuer, "off")
+    with pytest.raises(ConfigurationError, match="dpop"):
+        BearerAuthMiddleware(Starlette(), server=rs, rules=[Rule("/x", dpop=True)])
+    with pytest.raises(ConfigurationError, match="dpop"):
+        Protect(rs)(dpop=True)
+    with pytest.raises(ConfigurationError, match="dpop"):
+        BearerAuth(rs).dpop()
+    with pytest.raises(ValueError, match="public"):
+        Rule("/x", public=True, dpop=True)

@@ -222,6 +222,7 @@ class BearerAuthMiddleware:
         self.app = app
         self.server = server
         self.rules = RuleSet(rules, public)
+        server.check_requirements(rule.requirement for rule in self.rules.rules)
         server.declare_scopes(s for rule in self.rules.rules for s in rule.requirement.scopes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -159,6 +159,7 @@ class BearerAuth(OAuth2):
         server.add_scope_source("fastapi", lambda app: _route_scopes(app, server))
         self.require_any = False
         self.is_optional = False
+        self.dpop_only = False
         self.claim_rules: tuple[ClaimRule, ...] = ()
         self._requirements: dict[tuple[str, ...], Requirement] = {}  # one per route's scopes
 
@@ -183,6 +184,12 @@ class BearerAuth(OAuth2):
         credentials that are there must still be valid): ``token: AccessToken | None =
         Security(auth.optional())``."""
         return self._clone(is_optional=True)
+
+    def dpop(self) -> BearerAuth:
+        """The same scheme taking DPoP-bound tokens with their proofs only (RFC 9449), on a
+        server with ``dpop="allowed"``: ``Security(auth.dpop(), scopes=[...])``."""
+        self.server.check_requirements([Requirement(dpop=True)])
+        return self._clone(dpop_only=True)
 
     def with_claims(self, *rules: ClaimRule) -> BearerAuth:
         """The same scheme with claim rules (``bearerguard.claims``) that see the route's
@@ -217,6 +224,7 @@ class BearerAuth(OAuth2):
                 any_of=self.require_any,
                 optional=self.is_optional,
                 claims=self.claim_rules,
+                dpop=self.dpop_only,
             )
         token = await self.server.authorize_async(request_view(request.scope), requirement)
         store(request.scope, token)  # request.auth and request.user, as the middleware does

@@ -226,6 +226,7 @@ class BearerGuard:
                     provide_automatic_options=False,
                 )
         server = app.extensions[EXTENSION_KEY]
+        server.check_requirements(rule.requirement for rule in self.rules.rules)
         server.declare_scopes(self._scopes)
         self._servers.append(server)
         if self.protect_all:

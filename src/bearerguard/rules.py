@@ -153,6 +153,7 @@ class Requirement:
     also: tuple[Requirement, ...] = ()
     optional: bool = False  # no bearer credentials: go on without a token
     claims: tuple[ClaimRule, ...] = ()  # the route's claim rules (403 when one fails)
+    dpop: bool = False  # a DPoP-bound token with its proof only (RFC 9449), never Bearer
     _groups: tuple[Requirement, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -180,16 +181,19 @@ class Requirement:
         if self.public:
             return other
         optional = self.optional and other.optional  # optional only if both spellings are
+        dpop = self.dpop or other.dpop  # DPoP-only if either is
         if not (other.scopes or other.claims) or other in self.groups():
-            return self if self.optional == optional else replace(self, optional=optional)
+            if self.optional == optional and self.dpop == dpop:
+                return self
+            return replace(self, optional=optional, dpop=dpop)
         if not (self.scopes or self.claims or self.also):
-            return replace(other, optional=optional)
+            return replace(other, optional=optional, dpop=dpop)
         simple = not (self.any_of or other.any_of or other.also or self.claims or other.claims)
         if simple:
             merged = tuple(dict.fromkeys(self.scopes + other.scopes))
-            return replace(self, scopes=merged, optional=optional)
-        extra = replace(other, optional=False, also=())
-        return replace(self, optional=optional, also=(*self.also, extra))
+            return replace(self, scopes=merged, optional=optional, dpop=dpop)
+        extra = replace(other, optional=False, also=(), dpop=False)
+        return replace(self, optional=optional, dpop=dpop, also=(*self.also, extra))
 
 
 @dataclass(frozen=True)
@@ -198,9 +202,10 @@ class Rule:
 
     ``public=True`` makes matching requests skip authentication entirely; ``optional=True``
     lets requests without bearer credentials through with no token (credentials that are
-    there must still be valid); ``claims=[...]`` adds claim rules (``bearerguard.claims``,
-    token-only there: path parameters are the route's, see the decorators). Methods are
-    compared case-insensitively; a rule for GET covers HEAD too.
+    there must still be valid); ``dpop=True`` takes DPoP-bound tokens with their proofs only
+    (the server must have ``dpop="allowed"`` or ``"required"``); ``claims=[...]`` adds claim
+    rules (``bearerguard.claims``, token-only there: path parameters are the route's, see the
+    decorators). Methods are compared case-insensitively; a rule for GET covers HEAD too.
     """
 
     path: str
@@ -210,6 +215,7 @@ class Rule:
     public: bool = False
     optional: bool = False
     claims: Sequence[ClaimRule] = ()
+    dpop: bool = False
     _segments: tuple[_Segment, ...] = field(init=False, repr=False, compare=False)
     _regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
     _prefix: bool = field(init=False, repr=False, compare=False)
@@ -221,8 +227,8 @@ class Rule:
             raise ValueError(f"path pattern must start with '/': {self.path!r}")
         scopes = tuple(self.scopes.split()) if isinstance(self.scopes, str) else tuple(self.scopes)
         claims = tuple(self.claims)
-        if self.public and (scopes or claims or self.optional):
-            raise ValueError("a public rule cannot require scopes or claims, nor be optional")
+        if self.public and (scopes or claims or self.optional or self.dpop):
+            raise ValueError("a public rule cannot require scopes, claims or DPoP, nor be optional")
         if not all(isinstance(c, ClaimRule) for c in claims):
             raise TypeError("claims= takes ClaimRule objects (see bearerguard.claims)")
         methods = None if self.methods is None else frozenset(m.upper() for m in self.methods)
@@ -244,7 +250,7 @@ class Rule:
         set_(self, "_prefix", prefix)
         set_(self, "_methods", methods)
         requirement = Requirement(
-            self.public, scopes, self.any_of, optional=self.optional, claims=claims
+            self.public, scopes, self.any_of, optional=self.optional, claims=claims, dpop=self.dpop
         )
         set_(self, "requirement", requirement)
 

@@ -370,8 +370,8 @@ class ResourceServer:
                 token = found  # verified (and its proof checked) by an outer guard
             elif found is not None and (hit := self._cached(found)) is not None:
                 token, cached = hit, True  # a "Bearer <token>" header: cache keys are
-                if hit.jkt is not None or not self._accept_bearer:
-                    self._as_bearer(hit)
+                if hit.jkt is not None or not self._accept_bearer or requirement.dpop:
+                    self._as_bearer(hit, requirement)
             else:
                 proof = self.dpop is not None and found is not None and scheme_of(found) == "dpop"
                 begun, cached = perf_counter(), False
@@ -384,7 +384,7 @@ class ResourceServer:
                     self._prove_sync(view, raw, token)
                 else:
                     token, cached = self._verify_sync(found, None)
-                    self._as_bearer(token)
+                    self._as_bearer(token, requirement)
             token = settle(token, view, requirement)
         except AuthError as exc:
             if proof:
@@ -413,8 +413,8 @@ class ResourceServer:
                 token = found
             elif found is not None and (hit := self._cached(found)) is not None:
                 token, cached = hit, True  # a token seen before needs no coroutine
-                if hit.jkt is not None or not self._accept_bearer:
-                    self._as_bearer(hit)
+                if hit.jkt is not None or not self._accept_bearer or requirement.dpop:
+                    self._as_bearer(hit, requirement)
             else:
                 proof = self.dpop is not None and found is not None and scheme_of(found) == "dpop"
                 begun, cached = perf_counter(), False
@@ -428,7 +428,7 @@ class ResourceServer:
                     await self._prove_async(view, raw, token)
                 else:
                     token, cached = await self._verify_async(found, None)
-                    self._as_bearer(token)
+                    self._as_bearer(token, requirement)
             token = settle(token, view, requirement)
         except AuthError as exc:
             if proof:
@@ -442,16 +442,18 @@ class ResourceServer:
 
     # -- DPoP (RFC 9449) --------------------------------------------------------------------------
 
-    def _as_bearer(self, token: AccessToken) -> None:
-        """A token sent as Bearer (or raw) must not be DPoP-bound, and Bearer must be taken."""
+    def _as_bearer(self, token: AccessToken, requirement: Requirement = AUTHENTICATED) -> None:
+        """A token sent as Bearer (or raw) must not be DPoP-bound, and Bearer must be taken
+        (by the server, and by the route)."""
         if token.jkt is not None:
             raise InvalidToken(
                 "a DPoP-bound token must be sent as Authorization: DPoP, with a proof",
                 reason=Reason.DPOP_BINDING,
             )
-        if not self._accept_bearer:
+        if not self._accept_bearer or requirement.dpop:
+            where = "this route" if self._accept_bearer else "this API"
             raise InvalidToken(
-                "this API takes DPoP-bound tokens only (Authorization: DPoP)",
+                f"{where} takes DPoP-bound tokens only (Authorization: DPoP)",
                 reason=Reason.DPOP_BINDING,
             )
 
@@ -660,6 +662,14 @@ class ResourceServer:
         required = tuple(scopes.split()) if isinstance(scopes, str) else tuple(scopes)
         if not token.has_scopes(*required, any_of=any_of):
             raise self.with_realm(InsufficientScope(required, any_of=any_of))
+
+    def check_requirements(self, requirements: Iterable[Requirement]) -> None:
+        """ConfigurationError for a route this server could never let through: one that
+        takes DPoP only, on a server with DPoP off. Adapters call it when they are built."""
+        if self.dpop is None and any(r.dpop for r in requirements):
+            raise ConfigurationError(
+                "a route with dpop=True needs ResourceServer(dpop='allowed' or 'required')"
+            )
 
     def check_face(self, face: str) -> None:
         """Raise ConfigurationError unless keys can be fetched from ``face``.

@@ -69,9 +69,10 @@ class Protect:
     ``@protect("a", "b")`` needs both scopes; ``@protect("a", "b", any_of=True)`` either;
     ``optional=True`` runs the endpoint with ``request.auth`` None when the request has no
     bearer credentials; ``claims=[...]`` adds claim rules (``bearerguard.claims``) that see
-    ``request.path_params``. A token already verified by ``BearerAuthMiddleware`` with the
-    same server is reused, not verified again; one verified by another server (another API)
-    is verified again.
+    ``request.path_params``; ``dpop=True`` takes DPoP-bound tokens with their proofs only
+    (RFC 9449, on a server with ``dpop="allowed"``). A token already verified by
+    ``BearerAuthMiddleware`` with the same server is reused, not verified again; one verified
+    by another server (another API) is verified again.
     """
 
     def __init__(self, server: ResourceServer) -> None:
@@ -83,12 +84,14 @@ class Protect:
         any_of: bool = False,
         optional: bool = False,
         claims: Iterable[ClaimRule] = (),
+        dpop: bool = False,
     ) -> Callable[[F], F]:
         server = self.server
         required = tuple(s for scope in scopes for s in scope.split())
         requirement = Requirement(
-            scopes=required, any_of=any_of, optional=optional, claims=tuple(claims)
+            scopes=required, any_of=any_of, optional=optional, claims=tuple(claims), dpop=dpop
         )
+        server.check_requirements([requirement])
         server.declare_scopes(required)
 
         def decorate(endpoint: F) -> F:

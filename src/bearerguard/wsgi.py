@@ -110,6 +110,7 @@ class BearerAuthMiddleware:
         self.app = app
         self.server = server
         self.rules = RuleSet(rules, public)
+        server.check_requirements(rule.requirement for rule in self.rules.rules)
         server.declare_scopes(s for rule in self.rules.rules for s in rule.requirement.scopes)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
