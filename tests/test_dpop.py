@@ -642,3 +642,199 @@ def test_a_dpop_only_route_on_a_server_without_dpop_is_a_start_up_error(
         BearerAuth(rs).dpop()
     with pytest.raises(ValueError, match="public"):
         Rule("/x", public=True, dpop=True)
+
+
+# -- from an attacker's review: each of these was a way through or a 500 -------------------------
+
+
+def test_a_bearer_token_a_middleware_let_through_is_refused_by_a_dpop_only_route(
+    issuer: LocalIssuer,
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from bearerguard.asgi import BearerAuthMiddleware
+    from bearerguard.starlette import Protect
+
+    rs = server(issuer, "allowed")
+
+    def hello(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    app = Starlette(routes=[Route("/products", Protect(rs)("read", dpop=True)(hello))])
+    app.add_middleware(BearerAuthMiddleware, server=rs)  # lets Bearer through, stores the token
+    client = TestClient(app, base_url="https://api.test")
+    response = client.get("/products", headers={"Authorization": f"Bearer {issuer.mint('read')}"})
+    assert response.status_code == 401
+    assert "takes DPoP-bound tokens only" in response.text
+
+
+def test_a_host_header_cannot_move_the_wsgi_url_a_proof_is_compared_with(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    from flask import Flask
+
+    from bearerguard.wsgi import BearerAuthMiddleware as WSGIMiddleware
+
+    rs = server(issuer)
+    app = Flask("hosts")
+    app.add_url_rule("/admin", "admin", lambda: "admin")
+    app.wsgi_app = WSGIMiddleware(app.wsgi_app, server=rs)  # type: ignore[method-assign]
+    token = bound(issuer, key)
+    proof = key.proof("GET", "http://api.test/public", access_token=token, iat=clock.now)
+    for host in ("api.test/public?", "api.test/public#", "api.test/public"):
+        response = app.test_client().get(
+            "/admin", headers={"Host": host, "Authorization": f"DPoP {token}", "DPoP": proof}
+        )
+        assert response.status_code == 401, host
+
+
+def test_dpop_origins_pin_htu_to_the_apis_own_names(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    rs = server(issuer, dpop_origins=["https://api.test"])
+    token = bound(issuer, key)
+    # A proof made for another API, replayed here with its Host: refused.
+    elsewhere = key.proof(
+        "GET", "https://other.example/products", access_token=token, iat=clock.now
+    )
+    exc = refused(request(rs, dpop(token), [elsewhere], url="https://other.example/products"))
+    assert "another URL" in exc.description
+    # Behind a load balancer that rewrites Host: the path is what is compared.
+    proof = key.proof("GET", URL, access_token=token, iat=clock.now)
+    assert not isinstance(
+        request(rs, dpop(token), [proof], url="http://10.0.0.7:8000/products"), AuthError
+    )
+    with pytest.raises(ConfigurationError):
+        issuer.resource_server(dpop="required", dpop_origins=["https://api.test/path"])
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"ath": "\\u00e9"},
+        {"jti": "\\ud800"},
+        {"htu": "https://api.test/\\ud800"},
+        {"jti": "\\u00e9"},
+    ],
+)
+def test_non_ascii_members_are_refused_not_a_500(
+    issuer: LocalIssuer, clock: Clock, claims: dict[str, str]
+) -> None:
+    import json
+
+    decoded = {k: json.loads(f'"{v}"') for k, v in claims.items()}
+    holder = DPoPKey.generate()
+    token = bound(issuer, holder)
+    # By the attacker's own key (no private key of the victim's), and by the holder's.
+    for signer in (DPoPKey.generate(), holder):
+        proof = signer.proof("GET", URL, access_token=token, iat=clock.now, claims=decoded)
+        exc = refused(request(server(issuer), dpop(token), [proof]))
+        assert exc.status_code == 401
+
+        async def run(proof: str = proof) -> Any:
+            view = RequestView("GET", dpop(token), url=URL, dpop=[proof])
+            try:
+                return await server(issuer).authorize_async(view, Requirement())
+            except AuthError as error:
+                return error
+
+        assert refused(anyio.run(run)).status_code == 401
+
+
+def test_a_full_memory_store_refuses_new_proofs_rather_than_forget_a_live_one(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    store = MemoryReplayStore(maxsize=2, clock=clock)
+    rs = server(issuer, dpop_replay_store=store)
+    token = bound(issuer, key)
+    victim = key.proof("GET", URL, access_token=token, iat=clock.now)
+    assert not isinstance(request(rs, dpop(token), [victim]), AuthError)
+    assert not isinstance(
+        request(rs, dpop(token), [key.proof("GET", URL, access_token=token, iat=clock.now)]),
+        AuthError,
+    )
+    flood = refused(
+        request(rs, dpop(token), [key.proof("GET", URL, access_token=token, iat=clock.now)])
+    )
+    assert flood.status_code == 503
+    assert refused(request(rs, dpop(token), [victim])).reason.value == "dpop_replay"
+    clock.now += 62  # both expired: room again
+    assert not isinstance(
+        request(rs, dpop(token), [key.proof("GET", URL, access_token=token, iat=clock.now)]),
+        AuthError,
+    )
+
+
+def test_a_proof_is_remembered_as_long_as_it_could_be_accepted(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    rs = server(issuer, dpop_replay_store=MemoryReplayStore(clock=clock))
+    token = bound(issuer, key)
+    ahead = key.proof("GET", URL, access_token=token, iat=clock.now + 5)
+    assert not isinstance(request(rs, dpop(token), [ahead]), AuthError)
+    clock.now += 64.5  # iat + 60 is still ahead: the proof is still acceptable, so remembered
+    assert refused(request(rs, dpop(token), [ahead])).reason.value == "dpop_replay"
+
+
+def test_one_clients_jti_cannot_use_up_anothers(issuer: LocalIssuer, clock: Clock) -> None:
+    rs = server(issuer)
+    for _ in range(2):
+        key = DPoPKey.generate()
+        token = bound(issuer, key)
+        proof = key.proof("GET", URL, access_token=token, iat=clock.now, claims={"jti": "1"})
+        assert not isinstance(request(rs, dpop(token), [proof]), AuthError)
+
+
+def test_proofs_and_htus_have_their_own_small_bounds(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    rs = server(issuer, max_token_length=1 << 20)
+    token = bound(issuer, key)
+    big = key.proof("GET", URL, access_token=token, iat=clock.now, claims={"pad": "x" * 9000})
+    assert "hold one JWT" in refused(request(rs, dpop(token), [big])).description
+    long_url = URL + "/" + "a" * 3000
+    proof = key.proof("GET", long_url, access_token=token, iat=clock.now)
+    assert "too long" in refused(request(rs, dpop(token), [proof], url=long_url)).description
+
+
+def test_a_redis_store_without_the_faces_client_is_a_start_up_error(issuer: LocalIssuer) -> None:
+    from flask import Flask
+
+    from bearerguard.replay import RedisReplayStore
+    from bearerguard.wsgi import BearerAuthMiddleware as WSGIMiddleware
+
+    rs = server(issuer, dpop_replay_store=RedisReplayStore(async_client=object()))
+    with pytest.raises(ConfigurationError, match="sync"):
+        WSGIMiddleware(Flask("x").wsgi_app, server=rs)
+
+
+def test_a_public_mcp_endpoint_checks_a_dpop_request_for_a_scoped_tool(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    import json
+
+    from starlette.testclient import TestClient
+
+    from bearerguard.mcp import MCPGuard
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ran"})
+
+    rs = server(issuer, "allowed")
+    guard = MCPGuard(app, server=rs, public=["/mcp"], tools={"add": "write"})
+    token = bound(issuer, key, "write")
+    url = "https://api.test/mcp"
+    body = json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "add"}}
+    )
+    proof = key.proof("POST", url, access_token=token, iat=clock.now)
+    client = TestClient(guard, base_url="https://api.test")
+    response = client.post(
+        "/mcp", content=body, headers={"Authorization": f"DPoP {token}", "DPoP": proof}
+    )
+    assert response.status_code == 200, response.text
+    assert response.text == "ran"

@@ -175,3 +175,11 @@ def test_a_client_expecting_dpop_takes_what_an_issuer_without_it_gives(tmp_path:
     )
     with pytest.raises(TokenRequestError, match="invalid_response"):
         strange.get_token()
+
+
+def test_the_dev_issuer_refuses_a_proof_with_a_non_ascii_jti_without_a_500(dev: str) -> None:
+    key = DPoPKey.generate()
+    for claims in ({"jti": "\ud800"}, {"jti": "\u00e9"}, {"htu": dev + "/token\ud800"}):
+        response = token_request(dev, key.proof("POST", dev + "/token", claims=claims))
+        assert response.status_code == 400, claims
+        assert response.json()["error"] == "invalid_dpop_proof"

@@ -53,6 +53,8 @@ DEFAULT_DPOP_ALGORITHMS = ("ES256", "ES384", "EdDSA", "RS256", "PS256")
 _ASYMMETRIC = frozenset({*DEFAULT_DPOP_ALGORITHMS, "ES512", "RS384", "RS512", "PS384", "PS512"})
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 _MAX_JTI = 256
+MAX_PROOF = 8192  # a proof with an RSA-4096 jwk is under 2 KB
+MAX_HTU = 2048
 _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -141,7 +143,7 @@ class NonceSource:
     def check(self, nonce: Any, now: float) -> bool | None:
         """None: not a nonce of ours, or expired; True: valid and current; False: valid but
         in its last step (send a fresh one)."""
-        if not isinstance(nonce, str) or len(nonce) != 32:
+        if not isinstance(nonce, str) or len(nonce) != 32 or not nonce.isascii():
             return None
         try:
             raw = base64.urlsafe_b64decode(nonce + "==")
@@ -166,6 +168,7 @@ class DPoPSettings:
     max_future: float
     nonces: NonceSource | None
     replay: ReplayStore
+    origins: frozenset[str] = frozenset()  # htu's origin must be one: not the Host header
 
     @classmethod
     def build(
@@ -177,6 +180,7 @@ class DPoPSettings:
         nonce: bool,
         nonce_secret: bytes | str | None,
         replay: ReplayStore | None,
+        origins: Iterable[str] = (),
     ) -> DPoPSettings:
         try:
             mode = DPoPMode(mode)
@@ -193,6 +197,17 @@ class DPoPSettings:
             )
         if replay is not None and not isinstance(replay, ReplayStore):
             raise ConfigurationError("dpop_replay_store must have add() and add_async()")
+        allowed = set()
+        for origin in [origins] if isinstance(origins, str) else origins:
+            try:
+                normal = normalize_url(origin)
+            except ValueError:
+                raise ConfigurationError(
+                    f"dpop_origins takes http(s) origins: {origin!r}"
+                ) from None
+            if normal.count("/") != 3 or not normal.endswith("/"):
+                raise ConfigurationError(f"dpop_origins takes origins, without a path: {origin!r}")
+            allowed.add(normal[:-1])
         return cls(
             mode,
             algs,
@@ -200,6 +215,7 @@ class DPoPSettings:
             float(max_future),
             NonceSource(nonce_secret) if nonce else None,
             replay if replay is not None else MemoryReplayStore(),
+            frozenset(allowed),
         )
 
     @property
@@ -240,9 +256,14 @@ class Proof:
     htu: str  # normalized
 
     def replay_key(self) -> str:
-        """What makes it one proof: its jti, for this method and URL (hashed)."""
-        material = f"{self.claims['jti']}\x00{self.claims['htm']}\x00{self.htu}"
-        return hashlib.sha256(material.encode()).hexdigest()
+        """What makes it one proof: its key's jti, for this method and URL (hashed); one
+        client cannot use up another's jti."""
+        material = f"{self.jkt}\x00{self.claims['jti']}\x00{self.claims['htm']}\x00{self.htu}"
+        return hashlib.sha256(material.encode("ascii")).hexdigest()
+
+    def lifetime(self, now: float, max_age: float) -> float:
+        """How long it must be remembered: until it is too old to be accepted, plus 1 s."""
+        return max(1.0, float(self.claims["iat"]) + max_age - now) + 1.0
 
 
 # A client signs every proof with one key, so its proofs share a header segment: decoded,
@@ -282,13 +303,18 @@ def verify_proof(
     max_future: float,
     now: float,
     max_length: int = 8192,
+    origins: frozenset[str] = frozenset(),
 ) -> Proof:
     """The checks of RFC 9449 section 4.3 that need no access token: for resource servers
-    (``check_proof`` adds ath, the key binding and the nonce) and for a token endpoint."""
+    (``check_proof`` adds ath, the key binding and the nonce) and for a token endpoint.
+
+    With ``origins`` (normalized ``scheme://host[:port]``), htu's origin must be one of them
+    and only the path is compared with ``url``: the Host a request carries is the client's
+    to choose, the API's own names are not."""
     if len(proofs) != 1:
         raise _refuse("exactly one DPoP header is required")
     proof = proofs[0].strip()
-    if not proof or len(proof) > max_length or "," in proof:
+    if not proof or len(proof) > min(max_length, MAX_PROOF) or "," in proof:
         raise _refuse("the DPoP header must hold one JWT")
     try:
         h, p, s = split(proof)
@@ -313,8 +339,12 @@ def verify_proof(
     for name in ("jti", "htm", "htu"):
         if not isinstance(claims.get(name), str) or not claims[name]:
             raise _refuse(f"the DPoP proof needs {name}")
+        if not claims[name].isascii():  # a URI, a method, an identifier: never anything else
+            raise _refuse(f"the DPoP proof's {name} must be ASCII")
     if len(claims["jti"]) > _MAX_JTI:
         raise _refuse("the DPoP proof's jti is too long")
+    if len(claims["htu"]) > MAX_HTU:
+        raise _refuse("the DPoP proof's htu is too long")
     iat = claims.get("iat")
     if type(iat) not in (int, float) or iat != iat:
         raise _refuse("the DPoP proof needs iat (a number)")
@@ -326,6 +356,11 @@ def verify_proof(
         expected = normalize_url(url)
     except ValueError:
         raise _refuse("the DPoP proof's htu is not an http(s) URL") from None
+    if origins:
+        origin = htu[: htu.index("/", htu.index("//") + 2)]
+        if origin not in origins:
+            raise _refuse("the DPoP proof is for another URL (htu)")
+        expected = origin + expected[expected.index("/", expected.index("//") + 2) :]
     if htu != expected:
         raise _refuse("the DPoP proof is for another URL (htu)")
     if iat < now - max_age:
@@ -357,10 +392,15 @@ def check_proof(
         max_future=settings.max_future,
         now=now,
         max_length=max_length,
+        origins=settings.origins,
     )
     claims, jkt = proof.claims, proof.jkt
     ath = claims.get("ath")
-    if not isinstance(ath, str) or not hmac.compare_digest(ath, access_token_hash(raw_token)):
+    if (
+        not isinstance(ath, str)
+        or not ath.isascii()
+        or not hmac.compare_digest(ath, access_token_hash(raw_token))
+    ):
         raise _refuse("the DPoP proof is for another access token (ath)")
     if not token.jkt or not hmac.compare_digest(token.jkt, jkt):
         raise InvalidToken(
@@ -373,7 +413,7 @@ def check_proof(
             raise UseDPoPNonce(settings.nonces.current(now))
         if state is False:
             fresh = settings.nonces.current(now)
-    return ProofCheck(proof.replay_key(), settings.max_age + settings.max_future + 1, fresh)
+    return ProofCheck(proof.replay_key(), proof.lifetime(now, settings.max_age), fresh)
 
 
 def dpop_settings(environ: Mapping[str, str], prefix: str = "AUTH_") -> dict[str, Any]:

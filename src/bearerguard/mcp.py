@@ -41,12 +41,11 @@ from .asgi import (
     Receive,
     Scope,
     Send,
-    authorization_values,
+    request_view,
     route_path,
     send_error,
 )
 from .errors import AuthError, ConfigurationError
-from .request import RequestView
 from .rules import Requirement, Rule
 from .server import ResourceServer
 from .token import AccessToken
@@ -363,7 +362,7 @@ class MCPGuard(BearerAuthMiddleware):
             # The token verified above is reused; this settles the calls' scopes (a public
             # endpoint's calls that need scopes need a token), and a refusal carries all of
             # them in one challenge (scope=...) with realm and metadata.
-            view = RequestView("POST", authorization_values(scope["headers"]), upstream=token)
+            view = request_view(scope)  # the token verified above is reused (upstream)
             try:
                 await self.server.authorize_async(view, need)
             except AuthError as exc:

@@ -35,9 +35,10 @@ class MemoryReplayStore:
 
     cachetools' ``TLRUCache`` (a TTL per entry, bounded), behind one lock: safe from threads
     and from the event loop alike (``add_async`` never awaits). Only proofs that passed every
-    other check (a valid token bound to the proof's key) are added, and when full the least
-    recently used entry goes first: at 65 s windows, 100,000 keys hold over 1,500 proofs a
-    second before a live one could be forgotten.
+    other check (a valid token bound to the proof's key) are added. A live entry is never
+    dropped (that would let its proof be replayed): when all ``maxsize`` are live, new proofs
+    are refused with 503 until some expire. At 66 s windows, 100,000 keys are 1,500 proofs a
+    second for one process.
     """
 
     def __init__(self, maxsize: int = 100_000, *, clock: Callable[[], float] | None = None) -> None:
@@ -50,9 +51,15 @@ class MemoryReplayStore:
 
     def add(self, key: str, ttl: float) -> bool:
         with self._lock:
-            if key in self._cache:  # an expired entry is not "in" the cache
+            cache = self._cache
+            if key in cache:  # an expired entry is not "in" the cache
                 return False
-            self._cache[key] = ttl
+            if len(cache) >= cache.maxsize:
+                cache.expire()
+                if len(cache) >= cache.maxsize:
+                    # Forgetting a live proof would let it be replayed: fail closed instead.
+                    raise ReplayStoreUnavailable("the DPoP replay store is full; try again later")
+            cache[key] = ttl
             return True
 
     async def add_async(self, key: str, ttl: float) -> bool:

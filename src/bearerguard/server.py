@@ -133,6 +133,7 @@ class ResourceServer:
         dpop_nonce: bool = False,
         dpop_nonce_secret: bytes | str | None = None,
         dpop_replay_store: ReplayStore | None = None,
+        dpop_origins: Iterable[str] = (),
         max_token_length: int = 8192,
         token_cache_size: int = 4096,
         token_cache_ttl: float = 300.0,
@@ -196,6 +197,7 @@ class ResourceServer:
             dpop_nonce,
             dpop_nonce_secret,
             dpop_replay_store,
+            dpop_origins,
         )
         if settings.mode is DPoPMode.OFF and (dpop_nonce or dpop_replay_store is not None):
             raise ConfigurationError(
@@ -368,6 +370,8 @@ class ResourceServer:
                 return None
             if isinstance(found, AccessToken):
                 token = found  # verified (and its proof checked) by an outer guard
+                if requirement.dpop and token.jkt is None:
+                    self._as_bearer(token, requirement)  # it came as Bearer
             elif found is not None and (hit := self._cached(found)) is not None:
                 token, cached = hit, True  # a "Bearer <token>" header: cache keys are
                 if hit.jkt is not None or not self._accept_bearer or requirement.dpop:
@@ -411,6 +415,8 @@ class ResourceServer:
                 return None
             if isinstance(found, AccessToken):
                 token = found
+                if requirement.dpop and token.jkt is None:
+                    self._as_bearer(token, requirement)
             elif found is not None and (hit := self._cached(found)) is not None:
                 token, cached = hit, True  # a token seen before needs no coroutine
                 if hit.jkt is not None or not self._accept_bearer or requirement.dpop:
@@ -682,6 +688,15 @@ class ResourceServer:
             raise ValueError(f"face must be 'sync' or 'async', not {face!r}")
         for source in self.key_sources:
             source.check_face(face)
+        replay = self.dpop.replay if self.dpop is not None else None
+        if (
+            replay is not None
+            and getattr(replay, "client" if face == "sync" else "async_client", 0) is None
+        ):
+            raise ConfigurationError(
+                f"the DPoP replay store has no {face} Redis client for {face} code: give "
+                "RedisReplayStore(client=...) for sync code, async_client=... for async"
+            )
 
     def describe(self) -> str:
         return f"ResourceServer(issuer={list(self.issuers)!r}, audience={list(self.audiences)!r})"

@@ -11,10 +11,11 @@ header unless told to pass it on (``WSGIPassAuthorization On``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
-from wsgiref.util import request_uri
+from urllib.parse import quote
 
 from .errors import AuthError
 from .metadata import respond
@@ -48,6 +49,25 @@ def request_path(environ: WSGIEnvironment) -> str:
         return raw
 
 
+# RFC 3986 host (a name, IPv4, or a bracketed IPv6) and an optional port: anything else in a
+# Host header ("h/path?", "h#") would rewrite the URL a DPoP proof is compared with.
+_HOST = re.compile(r"(?:[A-Za-z0-9\-._~]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def request_url(environ: WSGIEnvironment) -> str:
+    """The request's URL (without the query string): ``Host`` when it is a host[:port],
+    else ``SERVER_NAME`` and ``SERVER_PORT`` as PEP 3333 reconstructs it."""
+    scheme = str(environ.get("wsgi.url_scheme", "http"))
+    host = environ.get("HTTP_HOST")
+    if not isinstance(host, str) or not _HOST.fullmatch(host):
+        host = str(environ.get("SERVER_NAME", "localhost"))
+        port = str(environ.get("SERVER_PORT", ""))
+        if port and port != {"https": "443", "http": "80"}.get(scheme):
+            host = f"{host}:{port}"
+    path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+    return f"{scheme}://{host}{quote(path.encode('latin-1'), safe='/;=,~!$&()*+:@-._')}"
+
+
 def request_view(environ: WSGIEnvironment) -> RequestView:
     """What a WSGI request carries for ``ResourceServer.authorize``."""
     header = environ.get("HTTP_AUTHORIZATION")
@@ -55,7 +75,7 @@ def request_view(environ: WSGIEnvironment) -> RequestView:
     return RequestView(
         str(environ.get("REQUEST_METHOD", "GET")).upper(),
         [] if header is None else [header],
-        url=lambda: request_uri(environ),
+        url=lambda: request_url(environ),
         upstream=environ.get(ENVIRON_KEY),
         dpop=[] if dpop is None else [dpop],
     )

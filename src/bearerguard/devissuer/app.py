@@ -231,7 +231,7 @@ class DevIssuer:
             )
         except InvalidDPoPProof as exc:
             raise OAuthError("invalid_dpop_proof", exc.description) from None
-        if not self._proofs.add(proof.replay_key(), 66):
+        if not self._proofs.add(proof.replay_key(), proof.lifetime(self.clock(), 60)):
             raise OAuthError("invalid_dpop_proof", "the DPoP proof was used before")
         return proof.jkt
 
