@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import pytest
+from conftest import FakeClock as Clock
 
 from bearerguard import AuthError, ConfigurationError, ResourceServer
 from bearerguard.dpop import DPoPKey, NonceSource, normalize_url, thumbprint
@@ -24,17 +25,9 @@ URL = "https://api.test/products"
 NOW = 1_800_000_000.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(NOW)
 
 
 @pytest.fixture
