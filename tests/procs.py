@@ -77,10 +77,14 @@ def serving(
 
 def example_command(kind: str, port: int) -> list[str]:
     """How the README runs example ``kind`` (``fastapi`` under uvicorn, ``flask`` under
-    gunicorn with its start-up config), from the project root, on 127.0.0.1:``port``."""
+    gunicorn with its start-up config, ``django`` under gunicorn), from the project root, on
+    127.0.0.1:``port``."""
     if kind == "fastapi":
         app = ["--app-dir", "examples/fastapi_app", "main:app"]
         return [interpreter(), "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port", str(port)]
+    if kind == "django":
+        app = ["--chdir", "examples/django_app", "shop.wsgi:application"]
+        return [interpreter(), "-m", "gunicorn", *app, "-b", f"127.0.0.1:{port}"]
     config = ["-c", "examples/flask_app/gunicorn.conf.py", "--chdir", "examples/flask_app"]
     return [interpreter(), "-m", "gunicorn", *config, "-b", f"127.0.0.1:{port}", "main:app"]
 

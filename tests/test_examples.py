@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -36,6 +37,7 @@ ROOT = Path(__file__).parents[1]
 EXAMPLES = {
     "fastapi": ROOT / "examples" / "fastapi_app" / "main.py",
     "flask": ROOT / "examples" / "flask_app" / "main.py",
+    "django": ROOT / "examples" / "django_app" / "shop" / "wsgi.py",  # served, not imported
 }
 AUDIENCE = "https://shopping.api"
 READ, WRITE = "read:products", "write:products"
@@ -73,9 +75,26 @@ def imported_example(kind: str, issuer_url: str) -> Iterator[ModuleType]:
             sys.modules.pop(name, None)
 
 
+@contextlib.contextmanager
+def example_api(kind: str, issuer_url: str) -> Iterator[Api]:
+    """The example behind ``Api``: FastAPI and Flask imported fresh, driven in process;
+    Django (one settings module per process) served by gunicorn on loopback."""
+    if kind != "django":
+        with imported_example(kind, issuer_url) as module:
+            yield Api(kind, module.app)
+        return
+    port = free_port()
+    env = {**os.environ, "AUTH_ISSUER": issuer_url, "AUTH_AUDIENCE": AUDIENCE}
+    base = f"http://127.0.0.1:{port}"
+    log = Path(tempfile.mkdtemp(prefix="django-example-")) / "server.log"
+    with serving(example_command(kind, port), env, base + "/health", log, "django example"):
+        yield Api(kind, base)
+
+
 @dataclass
 class Api:
-    """One example app behind a uniform async ``request`` returning an httpx.Response."""
+    """One example app behind a uniform async ``request`` returning an httpx.Response
+    (``app``: the ASGI or WSGI app, or the base URL of a served one)."""
 
     kind: str
     app: Any
@@ -89,6 +108,12 @@ class Api:
         json: Any = None,
         content: bytes | None = None,
     ) -> httpx.Response:
+        if self.kind == "django":
+            # On the wire a header value has no trailing whitespace ("Bearer " is "Bearer").
+            pairs = list(headers.items()) if isinstance(headers, Mapping) else headers or []
+            sent = [(name, value.rstrip(" \t")) for name, value in pairs]
+            async with httpx.AsyncClient(base_url=self.app, timeout=20) as c:
+                return await c.request(method, path, headers=sent, json=json, content=content)
         if self.kind == "fastapi":
             transport = httpx.ASGITransport(app=self.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
@@ -120,8 +145,8 @@ def shop_issuer() -> Iterator[LocalIssuer]:
 
 @pytest.fixture(scope="module", params=sorted(EXAMPLES))
 def api(request: pytest.FixtureRequest, shop_issuer: LocalIssuer) -> Iterator[Api]:
-    with imported_example(request.param, shop_issuer.issuer) as module:
-        yield Api(request.param, module.app)
+    with example_api(request.param, shop_issuer.issuer) as example:
+        yield example
 
 
 # -- tokens built by hand --------------------------------------------------------------------------
@@ -510,8 +535,7 @@ async def test_several_authorization_headers_are_400(api: Api, shop_issuer: Loca
 async def test_issuer_unreachable_with_nothing_cached_is_503(kind: str) -> None:
     closed = f"http://127.0.0.1:{free_port()}/oidc"
     issuer = LocalIssuer(closed, audience=AUDIENCE)
-    with imported_example(kind, closed) as module:
-        api = Api(kind, module.app)
+    with example_api(kind, closed) as api:
         for _ in range(2):  # the cold start, then within the retry cooldown
             started = time.monotonic()
             response = await api.get("/products", issuer.mint(READ))
@@ -535,8 +559,7 @@ async def test_issuer_hanging_with_nothing_cached_is_503_within_15s(kind: str) -
         hanging.listen(16)
         url = f"http://127.0.0.1:{hanging.getsockname()[1]}/oidc"
         issuer = LocalIssuer(url, audience=AUDIENCE)
-        with imported_example(kind, url) as module:
-            api = Api(kind, module.app)
+        with example_api(kind, url) as api:
             started = time.monotonic()
             response = await api.get("/products", issuer.mint(READ))
             assert time.monotonic() - started < 15
@@ -550,19 +573,19 @@ async def test_issuer_hanging_with_nothing_cached_is_503_within_15s(kind: str) -
 async def test_unknown_kid_with_keys_cached_and_issuer_down_is_401(kind: str) -> None:
     port = free_port()
     issuer = LocalIssuer(f"http://127.0.0.1:{port}/oidc", audience=AUDIENCE)
-    with imported_example(kind, issuer.issuer) as module:
-        api = Api(kind, module.app)
-        with issuer.serve(port=port):
+    with contextlib.ExitStack() as up:
+        up.enter_context(issuer.serve(port=port))  # up before the example: a served one warms
+        with example_api(kind, issuer.issuer) as api:
             assert (await api.get("/products", issuer.mint(READ))).status_code == 200
             assert "/oidc/jwks" in issuer.requests
-        # The issuer is gone now (connection refused); the keys it served stay cached.
-        stranger = SigningKey.generate("ES384")
-        started = time.monotonic()
-        response = await api.get("/products", issuer.mint(READ, key=stranger))
-        assert time.monotonic() - started < 15
-        assert_error(response, 401, "invalid_token")
-        # tokens signed with the cached key still pass
-        assert (await api.get("/products", issuer.mint(READ))).status_code == 200
+            up.close()  # the issuer is gone now (connection refused); its keys stay cached
+            stranger = SigningKey.generate("ES384")
+            started = time.monotonic()
+            response = await api.get("/products", issuer.mint(READ, key=stranger))
+            assert time.monotonic() - started < 15
+            assert_error(response, 401, "invalid_token")
+            # tokens signed with the cached key still pass
+            assert (await api.get("/products", issuer.mint(READ))).status_code == 200
 
 
 # -- OpenAPI of the FastAPI example ----------------------------------------------------------------
