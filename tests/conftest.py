@@ -10,23 +10,11 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from clocks import FakeClock
 
 from bearerguard.testing import LocalIssuer
 
 START = 1_700_000_000.0
-
-
-class FakeClock:
-    """A wall clock that only moves when a test says so."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class StubIssuer(LocalIssuer):

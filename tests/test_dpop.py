@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import pytest
-from conftest import FakeClock as Clock
+from clocks import FakeClock as Clock
 
 from bearerguard import AuthError, ConfigurationError, ResourceServer
 from bearerguard.dpop import DPoPKey, NonceSource, normalize_url, thumbprint

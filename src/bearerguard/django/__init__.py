@@ -13,8 +13,10 @@ In ``settings.py``::
 
 Any other ``ResourceServer`` argument goes in uppercased (``"LEEWAY": 5``, ``"DPOP":
 "allowed"``); ``"RULES"`` takes ``bearerguard.rules.Rule`` objects, ``"PROTECT_ALL": False``
-leaves the middleware out of the way (per-view protection only). The verified token is
-``request.auth``, ``request.user`` a ``TokenUser`` (no database, no ``django.contrib.auth``).
+leaves the middleware out of the way (per-view protection only); ``"SERVER"`` takes a
+``ResourceServer`` built elsewhere instead of ``ISSUER``, ``AUDIENCE`` and the rest. The
+verified token is ``request.auth``, ``request.user`` a ``TokenUser`` (no database, no
+``django.contrib.auth``).
 Per view: ``@require_scopes("read:products")`` for functions, ``ScopesRequiredMixin`` for
 class-based views; DRF: ``bearerguard.django.drf``.
 """

@@ -16,7 +16,7 @@ __all__ = ["Settings", "declare_scopes", "get_server", "server_from_settings", "
 
 SETTING = "BEARERGUARD"
 # Keys that are the middleware's, not the ResourceServer's.
-_OWN = {"PROTECT_ALL", "PUBLIC", "RULES"}
+_OWN = {"PROTECT_ALL", "PUBLIC", "RULES", "SERVER"}
 _SERVER_ARGS = {
     name.upper(): name
     for name in inspect.signature(ResourceServer.__init__).parameters
@@ -50,7 +50,16 @@ def server_from_settings(config: Mapping[str, Any]) -> ResourceServer:
 
 
 def settings_of(config: Mapping[str, Any]) -> Settings:
-    server = server_from_settings(config)
+    ready = config.get("SERVER") if isinstance(config, Mapping) else None
+    if ready is not None:  # a ResourceServer built by the app (or a test) itself
+        if not isinstance(ready, ResourceServer):
+            raise ConfigurationError(f"{SETTING}['SERVER'] must be a ResourceServer")
+        extra = sorted(set(config) - _OWN)
+        if extra:
+            raise ConfigurationError(f"{SETTING} with SERVER takes no {', '.join(extra)}")
+        server = ready
+    else:
+        server = server_from_settings(config)
     public = config.get("PUBLIC", ())
     rules = config.get("RULES", ())
     if isinstance(public, str) or not all(isinstance(p, str) for p in public):

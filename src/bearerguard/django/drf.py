@@ -3,6 +3,7 @@
     REST_FRAMEWORK = {
         "DEFAULT_AUTHENTICATION_CLASSES": ["bearerguard.django.drf.BearerAuthentication"],
         "UNAUTHENTICATED_USER": None,  # no django.contrib.auth needed
+        "EXCEPTION_HANDLER": "bearerguard.django.drf.exception_handler",
     }
 
     class Products(APIView):
@@ -15,20 +16,28 @@ DRF renders errors as ``{"detail": ...}``; bearerguard's keep their RFC 6750 bod
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import APIException
 from rest_framework.permissions import BasePermission
 
-from ..errors import AuthError, IssuerUnavailable, MissingToken
+from ..claims import ClaimRule
+from ..errors import AuthError, IssuerUnavailable, MissingToken, Reason
+from ..metadata import scopes_in_order
 from ..rules import Requirement
 from ..token import AccessToken
 from .conf import declare_scopes, get_server
-from .views import TokenUser, request_view
+from .views import TokenUser, error_response, request_view
 
-__all__ = ["BearerAuthFailed", "BearerAuthentication", "HasScopes", "ScopesByMethod"]
+__all__ = [
+    "BearerAuthFailed",
+    "BearerAuthentication",
+    "HasScopes",
+    "ScopesByMethod",
+    "exception_handler",
+]
 
 
 class BearerAuthFailed(APIException):
@@ -36,10 +45,36 @@ class BearerAuthFailed(APIException):
 
     def __init__(self, error: AuthError) -> None:
         super().__init__(detail=error.to_dict())
+        self.error = error
         self.status_code = error.status_code
         self.auth_header = error.www_authenticate  # DRF's handler sends it as WWW-Authenticate
         if isinstance(error, IssuerUnavailable):
             self.wait = error.retry_after  # ... and this as Retry-After
+
+
+def exception_handler(exc: Exception, context: Any) -> Any:
+    """``REST_FRAMEWORK["EXCEPTION_HANDLER"]``: bearerguard's refusals answered exactly as
+    every other adapter answers them (``Cache-Control: no-store`` and the same JSON bytes
+    included); everything else as DRF's own handler does. Without it DRF still sends the
+    status, ``WWW-Authenticate``, ``Retry-After`` and the RFC 6750 members."""
+    if isinstance(exc, BearerAuthFailed):
+        return error_response(exc.error)
+    from rest_framework.views import exception_handler as drf_handler
+
+    return drf_handler(exc, context)
+
+
+def _view_scopes(request: Any) -> tuple[str, ...]:
+    """The scopes the view's bearerguard permission classes ask of this request."""
+    view = (getattr(request, "parser_context", None) or {}).get("view")
+    if view is None:
+        return ()
+    groups = [
+        permission.requirement(request, view).scopes
+        for permission in view.get_permissions()
+        if isinstance(permission, HasScopes)
+    ]
+    return scopes_in_order(groups)
 
 
 def _drf_request_view(request: Any) -> Any:
@@ -60,6 +95,10 @@ class BearerAuthentication(BaseAuthentication):
         try:
             token = server.authorize(_drf_request_view(request), Requirement(optional=True))
         except AuthError as exc:
+            if exc.reason is not Reason.CLAIM_RULE:
+                # Every challenge names the route's scopes: the view's permission classes know
+                # them, authentication runs before they do.
+                exc.scope = exc.scope or _view_scopes(request)
             raise BearerAuthFailed(exc) from None
         return None if token is None else (TokenUser(token), token)
 
@@ -75,23 +114,36 @@ class HasScopes(BasePermission):
 
     scopes: tuple[str, ...] | None = None
     any_of = False
+    optional = False
+    claims: tuple[ClaimRule, ...] = ()
 
     @classmethod
-    def of(cls, *scopes: str, any_of: bool = False) -> type[HasScopes]:
+    def of(
+        cls,
+        *scopes: str,
+        any_of: bool = False,
+        optional: bool = False,
+        claims: Iterable[ClaimRule] = (),
+    ) -> type[HasScopes]:
+        """A permission class for these scopes (``optional=True``: a request without bearer
+        credentials goes on with ``request.auth`` None; ``claims``: claim rules, which see
+        the view's URL kwargs)."""
         required = tuple(s for scope in scopes for s in scope.split())
         declare_scopes(required)
-        return type(f"HasScopes{required!r}", (cls,), {"scopes": required, "any_of": any_of})
+        members = {"scopes": required, "any_of": any_of, "optional": optional}
+        return type(f"HasScopes{required!r}", (cls,), {**members, "claims": tuple(claims)})
 
     def requirement(self, request: Any, view: Any) -> Requirement:
         scopes = self.scopes
         if scopes is None:
             scopes = tuple(getattr(view, "required_scopes", ()))
         any_of = self.any_of or bool(getattr(view, "any_of_scopes", False))
-        return Requirement(scopes=scopes, any_of=any_of)
+        return Requirement(scopes=scopes, any_of=any_of, optional=self.optional, claims=self.claims)
 
     def has_permission(self, request: Any, view: Any) -> bool:
         server = get_server()
         checked = _drf_request_view(request)
+        checked.path_params = getattr(view, "kwargs", None) or checked.path_params
         if isinstance(request.auth, AccessToken):
             checked.upstream = request.auth  # BearerAuthentication's: reused, not re-verified
         try:
@@ -109,8 +161,9 @@ class ScopesByMethod(HasScopes):
     by_method: Mapping[str, tuple[str, ...]] = {}
 
     @classmethod
-    def of(cls, *scopes: Any, any_of: bool = False) -> type[HasScopes]:
-        (table,) = scopes
+    def of(  # type: ignore[override]
+        cls, table: Mapping[str, str | Iterable[str]], *, any_of: bool = False
+    ) -> type[HasScopes]:
         by_method = {
             method.upper(): tuple(s.split()) if isinstance(s, str) else tuple(s)
             for method, s in table.items()
