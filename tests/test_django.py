@@ -239,3 +239,31 @@ def test_manage_py_check_passes_the_examples_configuration(tmp_path: Path) -> No
     result = manage_check(tmp_path)
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
+
+
+def test_the_readmes_django_views_work(issuer: LocalIssuer) -> None:
+    import re
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "test_django" in b]
+    namespace: dict[str, Any] = {"__name__": "readme_django"}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    import types
+
+    from django.urls import path
+
+    server = make_server(issuer)
+    urls = types.ModuleType("readme_urls")
+    urls.urlpatterns = [  # type: ignore[attr-defined]
+        path("catalogue", namespace["catalogue"]),
+        path("products", namespace["Products"].as_view()),
+        path("whoami", namespace["WhoAmI"].as_view()),
+    ]
+    read = {"HTTP_AUTHORIZATION": f"Bearer {issuer.mint('read:products', client_id='svc')}"}
+    with override_settings(ROOT_URLCONF=urls, BEARERGUARD={"SERVER": server, "PROTECT_ALL": False}):
+        client = Client()
+        assert client.get("/catalogue", **read).json() == {"client": "svc"}
+        assert client.get("/products", **read).json() == []
+        assert client.post("/products", **read).status_code == 403
+        assert client.get("/whoami", **read).json()["sub"] == "svc"
+        assert client.get("/catalogue").status_code == 401

@@ -11,7 +11,8 @@ import pytest
 
 README = Path(__file__).parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
-EXAMPLES = [b for b in BLOCKS if "def test_" not in b]
+DJANGO = "# tests/test_django.py runs this block"
+EXAMPLES = [b for b in BLOCKS if "def test_" not in b and DJANGO not in b]
 TESTS = [b for b in BLOCKS if "def test_" in b]
 
 
