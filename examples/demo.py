@@ -1,5 +1,5 @@
-"""The whole machine-to-machine flow, offline: dev issuer -> token -> the shopping APIs and
-the shopping MCP server.
+"""The whole machine-to-machine flow, offline: dev issuer -> token -> the three shopping APIs
+(FastAPI, Flask, Django) and the shopping MCP server.
 
     make demo     # walk the flow against every API, print a transcript, stop everything
     make serve    # start the issuer and every API and leave them running (Ctrl-C stops them)
@@ -293,11 +293,12 @@ def main() -> int:
     args = parser.parse_args()
     (ROOT / ".bearerguard").mkdir(exist_ok=True)
     issuer_port, fastapi_port, flask_port = port(3001), port(8001), port(8002)
-    mcp_port = port(8003)
+    mcp_port, django_port = port(8003), port(8004)
     issuer = f"http://127.0.0.1:{issuer_port}/oidc"
     env = {**os.environ, "AUTH_ISSUER": issuer, "AUTH_AUDIENCE": RESOURCE}
     fastapi_url, flask_url = f"http://127.0.0.1:{fastapi_port}", f"http://127.0.0.1:{flask_port}"
     mcp_url = f"http://127.0.0.1:{mcp_port}/mcp"
+    django_url = f"http://127.0.0.1:{django_port}"
     # The MCP server's indicator is its URL: the issuer must know the port it really got.
     config = ROOT / ".bearerguard/issuer.toml"
     config.write_text(CONFIG.read_text().replace("http://127.0.0.1:8003/mcp", mcp_url))
@@ -362,6 +363,23 @@ def main() -> int:
             )
             stack.enter_context(
                 process(
+                    "django-app",
+                    [
+                        PYTHON,
+                        "-m",
+                        "gunicorn",
+                        "--chdir",
+                        "examples/django_app",
+                        "-b",
+                        f"127.0.0.1:{django_port}",
+                        "shop.wsgi:application",
+                    ],
+                    django_url + "/health",
+                    env,
+                )
+            )
+            stack.enter_context(
+                process(
                     "mcp-server",
                     [
                         PYTHON,
@@ -380,7 +398,7 @@ def main() -> int:
                 )
             )
             if args.serve:
-                return serve(issuer, fastapi_url, flask_url, mcp_url)
+                return serve(issuer, fastapi_url, flask_url, django_url, mcp_url)
             walk = Walk()
             registry = apps()
             print(f"\n{BOLD}== the dev issuer at {issuer} (Logto-shaped) =={RESET}")
@@ -389,7 +407,11 @@ def main() -> int:
             )
             admin = walk.token(issuer, registry["shopping-admin"], "read:products write:products")
             reader = walk.token(issuer, registry["stats-service"], "read:products write:products")
-            for name, url in (("FastAPI (uvicorn)", fastapi_url), ("Flask (gunicorn)", flask_url)):
+            for name, url in (
+                ("FastAPI (uvicorn)", fastapi_url),
+                ("Flask (gunicorn)", flask_url),
+                ("Django REST framework (gunicorn)", django_url),
+            ):
                 walk.api(
                     name,
                     url,
@@ -412,7 +434,7 @@ def main() -> int:
     return 0
 
 
-def serve(issuer: str, fastapi_url: str, flask_url: str, mcp_url: str) -> int:
+def serve(issuer: str, fastapi_url: str, flask_url: str, django_url: str, mcp_url: str) -> int:
     secret = apps()["shopping-admin"]["secret"]
     print(
         f"""
@@ -420,6 +442,7 @@ def serve(issuer: str, fastapi_url: str, flask_url: str, mcp_url: str) -> int:
   dev issuer   {issuer}
   FastAPI API  {fastapi_url}   (Swagger UI: {fastapi_url}/docs)
   Flask API    {flask_url}
+  Django API   {django_url}
   MCP server   {mcp_url}   (resource indicator: this URL)
 
 Try it:
@@ -429,6 +452,7 @@ Try it:
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   curl -i {fastapi_url}/products -H "Authorization: Bearer $TOKEN"
   curl -i {flask_url}/whoami -H "Authorization: Bearer $TOKEN"
+  curl -i {django_url}/products -H "Authorization: Bearer $TOKEN"
   curl -i {fastapi_url}/products          # 401: no token
   curl -i {mcp_url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")}
 """,
