@@ -1,0 +1,131 @@
+"""Behaviour an earlier mutation run left unpinned (issue 17's survivors): each test here
+fails if its check is removed or its comparison or constant is moved by one."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from bearerguard import AuthError, ResourceServer
+from bearerguard.rules import Rule
+from bearerguard.signing import b64url
+from bearerguard.testing import LocalIssuer
+
+if TYPE_CHECKING:
+    from conftest import FakeClock, StubIssuer
+
+AUDIENCE = "https://api.test"
+
+
+def refused(server: ResourceServer, header: str) -> AuthError:
+    with pytest.raises(AuthError) as info:
+        server.authenticate(header)
+    return info.value
+
+
+@pytest.mark.parametrize("alg", ["ES256", "ES384"])
+@pytest.mark.parametrize("change", [-1, +1, -32, +32, "half", "empty"])
+def test_an_ec_signature_of_the_wrong_length_is_refused_not_a_crash(
+    alg: str, change: int | str
+) -> None:
+    issuer = LocalIssuer("https://issuer.test/oidc", audience=AUDIENCE, alg=alg)
+    server = issuer.resource_server(AUDIENCE)
+    token = issuer.mint("read")
+    h, p, s = token.split(".")
+    import base64
+
+    signature = base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+    if change == "half":
+        wrong = signature[: len(signature) // 2]
+    elif change == "empty":
+        wrong = b""
+    elif isinstance(change, int) and change < 0:
+        wrong = signature[:change]
+    else:
+        wrong = signature + b"\x01" * int(change)
+    exc = refused(server, f"Bearer {h}.{p}.{b64url(wrong)}")
+    assert exc.status_code == 401
+    assert exc.to_dict()["error"] == "invalid_token"
+
+
+def test_a_rule_pattern_must_start_with_a_slash() -> None:
+    for pattern in ("products", "", "*", "{id}"):
+        with pytest.raises(ValueError, match="must start with '/'"):
+            Rule(pattern, scopes="read")
+
+
+def test_a_public_rule_cannot_need_scopes_claims_optional_or_dpop() -> None:
+    from bearerguard.claims import claim_equals
+
+    for kwargs in (
+        {"scopes": "read"},
+        {"claims": [claim_equals("tenant", "acme")]},
+        {"optional": True},
+        {"dpop": True},
+    ):
+        with pytest.raises(ValueError, match="public rule"):
+            Rule("/x", public=True, **kwargs)  # type: ignore[arg-type]
+    assert Rule("/x", public=True).requirement.public
+
+
+def test_verify_token_answers_a_valid_token_with_the_cache_on_and_off() -> None:
+    issuer = LocalIssuer("https://issuer.test/oidc", audience=AUDIENCE)
+    for size in (4096, 0):
+        server = issuer.resource_server(AUDIENCE, token_cache_size=size)
+        token = issuer.mint("read", sub="ada")
+        first = server.verify_token(token)
+        again = server.verify_token(token)  # from the cache when it is on
+        assert (first.sub, again.sub) == ("ada", "ada")
+        assert (again is first) == (size > 0)
+        assert server.authenticate(f"Bearer {token}").sub == "ada"
+
+
+def test_the_leeway_boundaries_of_exp_nbf_and_iat(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    server = stub_issuer.resource_server(leeway=30, token_cache_size=0)
+    now = int(fake_clock())
+
+    def answer(**claims: int) -> str:
+        token = stub_issuer.mint("read", claims=claims)
+        try:
+            server.authenticate(f"Bearer {token}")
+        except AuthError as exc:
+            return exc.reason.value
+        return "ok"
+
+    # exp: refused from exp + leeway on (now >= exp + leeway).
+    assert answer(exp=now - 29) == "ok"
+    assert answer(exp=now - 30) == "expired"
+    # nbf and iat: accepted up to now + leeway.
+    assert answer(nbf=now + 30) == "ok"
+    assert answer(nbf=now + 31) == "not_yet_valid"
+    assert answer(iat=now + 30) == "ok"
+    assert answer(iat=now + 31) == "not_yet_valid"
+
+
+def test_an_unknown_kid_fetches_again_exactly_when_the_cooldown_is_over(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    from bearerguard.testing import SigningKey
+
+    server = stub_issuer.resource_server(refetch_cooldown=5, token_cache_size=0)
+    server.authenticate(f"Bearer {stub_issuer.mint()}")
+    stranger = SigningKey.generate("ES384")
+    fetched = stub_issuer.jwks_fetches
+    for advance, fetches in ((0, 1), (4.999, 1), (0.001, 2), (4.999, 2), (0.001, 3)):
+        fake_clock.advance(advance)
+        with pytest.raises(AuthError):
+            server.authenticate(f"Bearer {stub_issuer.mint(key=stranger)}")
+        assert stub_issuer.jwks_fetches - fetched == fetches, advance
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "Bearer  "])
+def test_max_token_length_holds_for_every_spelling_of_the_scheme(scheme: str) -> None:
+    issuer = LocalIssuer("https://issuer.test/oidc", audience=AUDIENCE)
+    server = issuer.resource_server(AUDIENCE, max_token_length=600)
+    exc = refused(server, f"{scheme} {'a' * 601}")
+    assert exc.reason.value == "token_too_large"
+    exactly = refused(server, f"{scheme} {'a' * 600}")  # not too large: malformed instead
+    assert exactly.reason.value != "token_too_large"
