@@ -47,9 +47,10 @@ bench: install
 	$(BIN)/python bench/mcp_auth.py
 	if command -v wrk >/dev/null; then $(BIN)/python bench/throughput.py; fi
 
-# Long property-based fuzzing (minutes); prints how many inputs were tried.
+# Long property-based fuzzing, then a million mutated inputs (minutes); prints what was tried.
 fuzz: install
 	$(BIN)/python bench/fuzz.py
+	$(BIN)/python bench/mutfuzz.py --inputs 1000000 --workers 2
 
 # Five minutes of mixed load on both examples under uvicorn/gunicorn (needs wrk).
 soak: install
