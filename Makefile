@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck redis pytest demo serve bench fuzz soak clean
+.PHONY: install test lint typecheck redis pytest demo serve bench fuzz mutate soak clean
 
 install: $(STAMP)
 
@@ -51,6 +51,10 @@ bench: install
 fuzz: install
 	$(BIN)/python bench/fuzz.py
 	$(BIN)/python bench/mutfuzz.py --inputs 1000000 --workers 2
+
+# Mutation testing of the decision modules (bench/mutate.py): kill ratio and every survivor.
+mutate: install redis
+	$(BIN)/python bench/mutate.py --workers 2
 
 # Five minutes of mixed load on both examples under uvicorn/gunicorn (needs wrk).
 soak: install
