@@ -129,3 +129,67 @@ def test_max_token_length_holds_for_every_spelling_of_the_scheme(scheme: str) ->
     assert exc.reason.value == "token_too_large"
     exactly = refused(server, f"{scheme} {'a' * 600}")  # not too large: malformed instead
     assert exactly.reason.value != "token_too_large"
+
+
+def test_the_documented_defaults_are_the_defaults() -> None:
+    """The README's "Defaults, and why" table, and the defaults of round 2, as the code has
+    them: a default moved without the documentation is a test failure."""
+    import inspect
+
+    from bearerguard.errors import InsufficientScope, IssuerUnavailable, ReplayStoreUnavailable
+    from bearerguard.keys import MIN_RSA_BITS, CachePolicy
+    from bearerguard.replay import MemoryReplayStore, RedisReplayStore
+
+    defaults = {
+        name: p.default for name, p in inspect.signature(ResourceServer.__init__).parameters.items()
+    }
+    assert {
+        k: defaults[k]
+        for k in (
+            "leeway",
+            "jwks_ttl",
+            "jwks_min_ttl",
+            "jwks_max_ttl",
+            "refetch_cooldown",
+            "refresh_retry",
+            "outage_retry_max",
+            "max_stale",
+            "fetch_timeout",
+            "token_cache_size",
+            "token_cache_ttl",
+            "max_token_length",
+            "dpop_max_age",
+            "dpop_max_future",
+        )
+    } == {
+        "leeway": 30.0,
+        "jwks_ttl": 600.0,
+        "jwks_min_ttl": 60.0,
+        "jwks_max_ttl": 86400.0,
+        "refetch_cooldown": 5.0,
+        "refresh_retry": 30.0,
+        "outage_retry_max": 5.0,
+        "max_stale": 3600.0,
+        "fetch_timeout": 5.0,
+        "token_cache_size": 4096,
+        "token_cache_ttl": 300.0,
+        "max_token_length": 8192,
+        "dpop_max_age": 60.0,
+        "dpop_max_future": 5.0,
+    }
+    policy = CachePolicy()
+    assert (policy.default_ttl, policy.min_ttl, policy.max_ttl) == (600.0, 60.0, 86400.0)
+    assert (policy.cooldown, policy.max_stale, policy.refresh_retry) == (5.0, 3600.0, 30.0)
+    assert policy.outage_retry_max == 5.0
+    assert MIN_RSA_BITS == 2048
+    assert IssuerUnavailable().retry_after == 30
+    assert ReplayStoreUnavailable().retry_after == 5
+    assert RedisReplayStore(client=object()).retry_after == 5
+    assert (InsufficientScope().status_code, IssuerUnavailable().status_code) == (403, 503)
+    full = MemoryReplayStore(maxsize=1)
+    assert full.add("a", 60) is True
+    with pytest.raises(AuthError):
+        full.add("b", 60)
+    with pytest.raises(ValueError, match="maxsize"):
+        MemoryReplayStore(maxsize=0)
+    assert inspect.signature(MemoryReplayStore).parameters["maxsize"].default == 100_000
