@@ -54,8 +54,19 @@ TESTS: dict[str, list[str]] = {
         "tests/test_dpop.py",
         "tests/test_pinned.py",
     ],
-    "errors": ["tests/test_errors.py", "tests/test_reasons.py", "tests/test_pinned.py"],
-    "dpop": ["tests/test_dpop.py", "tests/test_reasons.py", "tests/test_dpop_client.py"],
+    "errors": [
+        "tests/test_errors.py",
+        "tests/test_reasons.py",
+        "tests/test_pinned.py",
+        "tests/test_dpop.py",
+        "tests/test_parity.py",
+    ],
+    "dpop": [
+        "tests/test_dpop.py",
+        "tests/test_reasons.py",
+        "tests/test_dpop_client.py",
+        "tests/test_dpop_http.py",
+    ],
     "replay": ["tests/test_dpop.py", "tests/test_dpop_http.py", "tests/test_pinned.py"],
     "mcp": ["tests/test_mcp.py"],
 }

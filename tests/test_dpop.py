@@ -831,3 +831,35 @@ def test_a_public_mcp_endpoint_checks_a_dpop_request_for_a_scoped_tool(
     )
     assert response.status_code == 200, response.text
     assert response.text == "ran"
+
+
+def test_the_proof_bounds_are_exact_and_userinfo_is_refused(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    rs = server(issuer, max_token_length=1 << 20)
+    token = bound(issuer, key)
+
+    def says(proof: str, url: str = URL) -> str:
+        result = request(rs, dpop(token), [proof], url=url)
+        return "ok" if not isinstance(result, AuthError) else result.description
+
+    for length, fits in ((256, True), (257, False)):
+        proof = key.proof(
+            "GET", URL, access_token=token, iat=clock.now, claims={"jti": "j" * length}
+        )
+        assert (says(proof) == "ok") is fits, length
+    base = URL + "/"
+    for length, fits in ((2048, True), (2049, False)):
+        url = base + "a" * (length - len(base))
+        assert (says(key.proof("GET", url, access_token=token, iat=clock.now), url) == "ok") is fits
+    with_user = key.proof(
+        "GET",
+        URL,
+        access_token=token,
+        iat=clock.now,
+        claims={"htu": "https://u:p@api.test/products"},
+    )
+    assert "not an http(s) URL" in says(with_user)
+    assert normalize_url("http://api.test:80/x") == "http://api.test/x"
+    assert normalize_url("https://api.test:443/x") == "https://api.test/x"
+    assert normalize_url("http://api.test:443/x") == "http://api.test:443/x"
