@@ -193,3 +193,65 @@ def test_the_documented_defaults_are_the_defaults() -> None:
     with pytest.raises(ValueError, match="maxsize"):
         MemoryReplayStore(maxsize=0)
     assert inspect.signature(MemoryReplayStore).parameters["maxsize"].default == 100_000
+
+
+def _reason(server: ResourceServer, token: str) -> str:
+    try:
+        server.verify_token(token)
+    except AuthError as exc:
+        return exc.reason.value
+    return "ok"
+
+
+def test_only_unpadded_base64url_segments_are_read() -> None:
+    """A token re-spelled with the standard alphabet or with padding decodes to the same bytes:
+    refused all the same (the decoder trusts split() to have excluded "+", "/" and "=")."""
+    issuer = LocalIssuer("https://issuer.test/oidc", audience=AUDIENCE)
+    server = issuer.resource_server(AUDIENCE, token_cache_size=0)
+    for _ in range(20):  # until the signature holds both "-" and "_"
+        token = issuer.mint("read")
+        if "-" in token.split(".")[2] and "_" in token.split(".")[2]:
+            break
+    h, p, s = token.split(".")
+    assert _reason(server, token) == "ok"
+    for respelled in (
+        f"{h}.{p}.{s.replace('-', '+')}",
+        f"{h}.{p}.{s.replace('_', '/')}",
+        f"{h}=.{p}.{s}" if len(h) % 4 else f"{h}.{p}=.{s}",
+        f"{h}.{p}.{s}" + "=" * (-len(s) % 4 or 4),
+        f"{h}.{p}.{s}é",
+    ):
+        # refused: malformed_token, or malformed_header where it is not even token68 ("é")
+        assert _reason(server, respelled) in ("malformed_token", "malformed_header"), respelled
+
+
+def _signed(issuer: LocalIssuer, header: bytes, payload: bytes) -> str:
+    """A compact JWS over exactly these header and payload bytes, by the issuer's key."""
+    from jwt.algorithms import ECAlgorithm
+
+    signing_input = f"{b64url(header)}.{b64url(payload)}"
+    key = issuer.current_key
+    signature = ECAlgorithm(ECAlgorithm.SHA384).sign(signing_input.encode(), key.private_key)
+    return f"{signing_input}.{b64url(signature)}"
+
+
+def test_what_a_token_is_refused_for_when_its_form_is_odd() -> None:
+    issuer = LocalIssuer("https://issuer.test/oidc", audience=AUDIENCE)  # ES384
+    server = issuer.resource_server(AUDIENCE, token_cache_size=0, require_typ=False)
+    h, p, _ = issuer.mint("read").split(".")
+    assert _reason(server, f"{h}.{p}.") == "malformed_token"  # not signed
+    assert _reason(server, f"{h}.{p}.abc.def") == "malformed_token"  # four segments
+    kid = issuer.current_key.kid
+    header = b'{"alg": "ES384", "typ": "at+jwt", "kid": "%s"}' % kid.encode()
+    claims = b'{"iss": "%s", "aud": "%s", "exp": %%s}' % (
+        issuer.issuer.encode(),
+        AUDIENCE.encode(),
+    )
+    assert _reason(server, _signed(issuer, header, claims % b"4102444800")) == "ok"
+    assert _reason(server, _signed(issuer, header, claims % b"NaN")) == "malformed_token"
+    assert _reason(server, _signed(issuer, header, claims % b"9007199254740991")) == "ok"
+    assert _reason(server, _signed(issuer, header, claims % b"9007199254740992")) == (
+        "malformed_token"  # 2**53: past what every JSON reader holds exactly
+    )
+    odd_kid = b'{"alg": "ES384", "typ": "at+jwt", "kid": 7}'
+    assert _reason(server, _signed(issuer, odd_kid, claims % b"4102444800")) == "malformed_token"
