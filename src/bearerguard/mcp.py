@@ -46,7 +46,7 @@ from .asgi import (
     send_error,
 )
 from .errors import AuthError, ConfigurationError
-from .rules import Requirement, Rule
+from .rules import Requirement, Rule, merge_slashes
 from .server import ResourceServer
 from .token import AccessToken
 
@@ -77,7 +77,6 @@ NAMED = {
     "resources/subscribe": ("resources", "uri"),
     "resources/unsubscribe": ("resources", "uri"),
 }
-_SLASHES = re.compile(r"//+")
 _BASE64_VALUE = re.compile(r"=\?base64\?([A-Za-z0-9+/=]*)\?=")
 
 Scopes = str | Sequence[str]
@@ -280,7 +279,7 @@ def _spellings_of(uri: str) -> list[str]:
 
 def _endpoint_path(path: str) -> str:
     """A path as routers treat it: merged slashes, no trailing slash."""
-    return _SLASHES.sub("/", path).rstrip("/") or "/"
+    return merge_slashes(path).rstrip("/") or "/"
 
 
 class MCPGuard(BearerAuthMiddleware):

@@ -85,6 +85,11 @@ def _segment(text: str) -> _Segment:
     return _Segment(tuple(lits), tuple(mins))
 
 
+def merge_slashes(path: str) -> str:
+    """``path`` with runs of slashes merged, as Werkzeug (and the MCP guard) route it."""
+    return _SLASHES.sub("/", path) if "//" in path else path
+
+
 def _toggled(path: str) -> str:
     return path[:-1] if path.endswith("/") else path + "/"
 
@@ -131,7 +136,7 @@ def _variants(path: str) -> list[str]:
         roots.append("/" + path.lstrip("/"))
     out: list[str] = []
     for root in roots:
-        merged = _SLASHES.sub("/", root) if "//" in root else root
+        merged = merge_slashes(root)
         for p in (root, merged):
             for q in (p, _toggled(p)) if len(p) > 1 else (p,):
                 if q != path and q not in out:
