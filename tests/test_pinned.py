@@ -255,3 +255,111 @@ def test_what_a_token_is_refused_for_when_its_form_is_odd() -> None:
     )
     odd_kid = b'{"alg": "ES384", "typ": "at+jwt", "kid": 7}'
     assert _reason(server, _signed(issuer, odd_kid, claims % b"4102444800")) == "malformed_token"
+
+
+def _refusal(server: ResourceServer, token: str) -> tuple[str, str]:
+    """(reason, error_description) of a refused token."""
+    with pytest.raises(AuthError) as info:
+        server.verify_token(token)
+    return info.value.reason.value, info.value.description
+
+
+def test_each_odd_form_is_named_in_the_error_description() -> None:
+    """The description says what is wrong, so the developer reading the 401 knows."""
+    issuer = LocalIssuer("https://issuer.test/oidc", audience=AUDIENCE)
+    server = issuer.resource_server(AUDIENCE, token_cache_size=0, require_typ=False)
+    h, p, s = issuer.mint("read").split(".")
+    assert _refusal(server, f"{h}.{p}") == ("malformed_token", "token must have three segments")
+    assert _refusal(server, f"{h}.{p}.{s}.{s}") == (
+        "malformed_token",
+        "token must have three segments",
+    )
+    assert _refusal(server, f"{h}.{p}.") == ("malformed_token", "token is not signed")
+    kid = issuer.current_key.kid.encode()
+    header = b'{"alg": "ES384", "typ": "at+jwt", "kid": "%s"}' % kid
+    base = b'"iss": "%s", "aud": "%s"' % (issuer.issuer.encode(), AUDIENCE.encode())
+    assert _refusal(server, _signed(issuer, header, b'{%s, "exp": "4102444800"}' % base)) == (
+        "malformed_token",
+        "exp must be a number",
+    )
+    assert _refusal(server, _signed(issuer, header, b'{%s, "exp": -9007199254740992}' % base)) == (
+        "malformed_token",
+        "exp must be a finite number",  # -2**53, the lower bound
+    )
+    assert (
+        _reason(
+            server,
+            _signed(issuer, header, b'{%s, "exp": 4102444800, "x": -9007199254740991}' % base),
+        )
+        == "ok"
+    )
+    no_iss = b'{"aud": "%s", "exp": 4102444800}' % AUDIENCE.encode()
+    assert _refusal(server, _signed(issuer, header, no_iss)) == ("missing_claim", "issuer missing")
+
+
+def test_json_constants_outside_rfc_8259_are_refused_in_any_member() -> None:
+    """NaN and Infinity are not JSON: refused even in a claim nobody checks."""
+    issuer = LocalIssuer("https://issuer.test/oidc", audience=AUDIENCE)
+    server = issuer.resource_server(AUDIENCE, token_cache_size=0, require_typ=False)
+    kid = issuer.current_key.kid.encode()
+    header = b'{"alg": "ES384", "typ": "at+jwt", "kid": "%s"}' % kid
+    base = b'"iss": "%s", "aud": "%s", "exp": 4102444800' % (
+        issuer.issuer.encode(),
+        AUDIENCE.encode(),
+    )
+    assert _reason(server, _signed(issuer, header, b'{%s, "x": 1}' % base)) == "ok"
+    for constant in (b"NaN", b"Infinity", b"-Infinity"):
+        token = _signed(issuer, header, b'{%s, "x": %s}' % (base, constant))
+        assert _refusal(server, token) == ("malformed_token", "token JSON is not valid")
+
+
+@pytest.mark.parametrize("crit", ["5", "null", "{}", '"exp"', "[]", '["exp"]', "[5]"])
+def test_any_crit_header_is_refused_as_a_401_whatever_its_type(crit: str) -> None:
+    """RFC 7515 section 4.1.11: bearerguard understands no extension, so any crit is refused,
+    including shapes that are not even lists (never a 500)."""
+    issuer = LocalIssuer("https://issuer.test/oidc", audience=AUDIENCE)
+    server = issuer.resource_server(AUDIENCE, token_cache_size=0, require_typ=False)
+    kid = issuer.current_key.kid.encode()
+    header = b'{"alg": "ES384", "kid": "%s", "crit": %s}' % (kid, crit.encode())
+    payload = b'{"iss": "%s", "aud": "%s", "exp": 4102444800}' % (
+        issuer.issuer.encode(),
+        AUDIENCE.encode(),
+    )
+    assert _refusal(server, _signed(issuer, header, payload)) == (
+        "malformed_token",
+        "unsupported critical header parameter",
+    )
+
+
+def test_verify_options_refuse_what_no_server_can_check() -> None:
+    """The validated settings object refuses nonsense itself, whoever builds it."""
+    from bearerguard.errors import ConfigurationError
+    from bearerguard.verify import VerifyOptions
+
+    good: dict[str, object] = {
+        "issuers": frozenset({"https://issuer.test"}),
+        "audiences": frozenset({AUDIENCE}),
+        "algorithms": frozenset({"ES384"}),
+        "leeway": 0.0,
+        "require_typ": True,
+        "scope_claims": ("scope",),
+    }
+    VerifyOptions(**good)  # type: ignore[arg-type]
+    VerifyOptions(**{**good, "leeway": 300.0})  # type: ignore[arg-type]
+    for name, bad in (
+        ("issuers", frozenset()),
+        ("issuers", frozenset({""})),
+        ("issuers", frozenset({7})),
+        ("issuers", frozenset({"https://issuer.test", ""})),
+        ("audiences", frozenset()),
+        ("audiences", frozenset({""})),
+        ("audiences", frozenset({7})),
+        ("audiences", frozenset({AUDIENCE, ""})),
+        ("algorithms", frozenset()),
+        ("algorithms", frozenset({"HS256"})),
+        ("leeway", -0.5),
+        ("leeway", 300.5),
+        ("scope_claims", ()),
+    ):
+        with pytest.raises(ConfigurationError):
+            VerifyOptions(**{**good, name: bad})  # type: ignore[arg-type]
