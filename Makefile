@@ -56,8 +56,9 @@ fuzz: install
 mutate: install redis
 	$(BIN)/python bench/mutate.py --workers 2
 
-# Five minutes of mixed load on both examples under uvicorn/gunicorn (needs wrk).
-soak: install
+# Ten minutes of paced mixed load on the four examples (FastAPI, Flask, Django, MCP) under their
+# real servers, through key rotation, an issuer outage and a Redis restart (needs wrk, redis-server).
+soak: install redis
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/soak.py
 
