@@ -175,11 +175,16 @@ def _apply(node: ast.AST) -> None:
 
 
 def mutants_of(module: str) -> list[Mutant]:
+    """Each mutation point of ``module``; a second same change on one line is named ``#2``."""
     tree = ast.parse((SRC / f"{module}.py").read_text())
-    return [
-        Mutant(module, i, getattr(node, "lineno", 0), getattr(node, "end_lineno", 0), change)
-        for i, (node, change) in enumerate(mutation_points(tree))
-    ]
+    seen: dict[tuple[int, str], int] = {}
+    mutants = []
+    for i, (node, change) in enumerate(mutation_points(tree)):
+        line = getattr(node, "lineno", 0)
+        count = seen[line, change] = seen.get((line, change), 0) + 1
+        named = change if count == 1 else f"{change} #{count}"
+        mutants.append(Mutant(module, i, line, getattr(node, "end_lineno", line), named))
+    return mutants
 
 
 # -- the coverage map ---------------------------------------------------------------------------

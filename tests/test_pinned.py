@@ -363,3 +363,42 @@ def test_verify_options_refuse_what_no_server_can_check() -> None:
     ):
         with pytest.raises(ConfigurationError):
             VerifyOptions(**{**good, name: bad})  # type: ignore[arg-type]
+
+
+def test_an_empty_bearer_token_is_named_as_such() -> None:
+    server = LocalIssuer("https://issuer.test/oidc", audience=AUDIENCE).resource_server(AUDIENCE)
+    for header in ("Bearer ", "bearer "):
+        exc = refused(server, header)
+        assert (exc.status_code, exc.description) == (400, "bearer token is empty"), header
+
+
+def test_several_spaces_after_the_scheme_are_one_separator_for_bearer_and_dpop() -> None:
+    """RFC 9110 section 11.4: credentials = auth-scheme [ 1*SP token68 ]."""
+    from bearerguard.request import RequestView
+    from bearerguard.rules import Requirement
+    from bearerguard.signing import DPoPKey
+
+    issuer = LocalIssuer("https://issuer.test/oidc", audience=AUDIENCE)
+    server = issuer.resource_server(AUDIENCE, dpop="allowed", token_cache_size=0)
+    token = issuer.mint("read", sub="ada")
+    assert server.authenticate(f"Bearer  {token}").sub == "ada"
+    key = DPoPKey.generate("ES256")
+    bound = issuer.mint("read", sub="bea", claims={"cnf": {"jkt": key.jkt}})
+    url = "https://api.test/products"
+    for spaces in (" ", "  ", "   "):
+        proof = key.proof("GET", url, access_token=bound)
+        view = RequestView("GET", [f"DPoP{spaces}{bound}"], url=url, dpop=[proof])
+        assert server.authorize(view, Requirement(scopes=("read",))).sub == "bea", repr(spaces)
+
+
+def test_an_auth_error_is_a_401_unless_a_subclass_says_otherwise() -> None:
+    """The base class of every refusal: a subclass of one's own (or the base itself, caught and
+    re-rendered) answers 401 with a Bearer challenge, as RFC 6750 section 3 says."""
+    exc = AuthError("refused by a rule of ours")
+    assert exc.status_code == 401
+    assert exc.www_authenticate.startswith("Bearer")
+
+    class Ours(AuthError):
+        pass
+
+    assert Ours().status_code == 401
