@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from bearerguard.claims import claim_contains, claim_matches_path
-from bearerguard.django import ScopesRequiredMixin, require_scopes
+from bearerguard.django import ScopesRequiredMixin, current_token, require_scopes
 from bearerguard.django.drf import HasScopes, ScopesByMethod
 
 ADMIN_RULE = claim_contains("roles", "admin")
@@ -36,6 +36,31 @@ def plain(request: HttpRequest, **_: Any) -> JsonResponse:
 
 async def plain_async(request: HttpRequest, **_: Any) -> JsonResponse:
     return JsonResponse(describe(getattr(request, "auth", None)))
+
+
+def user(request: HttpRequest) -> JsonResponse:
+    """What ``request.user`` says of the caller."""
+    who = request.user
+    return JsonResponse(
+        {
+            "authenticated": who.is_authenticated,
+            "anonymous": who.is_anonymous,
+            "username": who.username,
+            "get_username": who.get_username(),
+            "str": str(who),
+            "pk": who.pk,
+            # what templates' {{ perms }} and permission_required ask of any request.user
+            "perms": [
+                who.has_perm("shop.add_product"),
+                who.has_perms(["shop.add_product"]),
+                who.has_module_perms("shop"),
+            ],
+        }
+    )
+
+
+def holder(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"sub": current_token(request).sub})
 
 
 def api(scopes: type[HasScopes]) -> Any:
@@ -84,6 +109,10 @@ urlpatterns = [
     path("fn/admin", require_scopes(claims=[ADMIN_RULE])(plain)),
     path("fn/orgs/<str:org>/reports", require_scopes("read", claims=[ORG_RULE])(plain)),
     path("fn/async", require_scopes("read")(plain_async)),
+    path("fn/async/orgs/<str:org>/reports", require_scopes("read", claims=[ORG_RULE])(plain_async)),
+    path("fn/user", require_scopes(optional=True)(user)),
+    path("fn/holder", require_scopes()(holder)),
+    path("holder", holder),  # protected by nothing when PROTECT_ALL is False
     path("cbv/read", Mixed.as_view()),
     # DRF
     path("drf/read", api(HasScopes.of("read"))),

@@ -36,6 +36,7 @@ if not settings.configured:  # Django's settings are per process: this module ow
 import json
 
 import anyio
+from django.core import checks
 from django.test import AsyncClient, Client, override_settings
 from procs import interpreter
 from test_parity import (
@@ -49,6 +50,9 @@ from test_parity import (
 )
 
 from bearerguard import ResourceServer
+from bearerguard.django import server_from_settings
+from bearerguard.dpop import DPoPKey
+from bearerguard.rules import Rule
 from bearerguard.testing import LocalIssuer
 
 ROOT = Path(__file__).parents[1]
@@ -267,3 +271,170 @@ def test_the_readmes_django_views_work(issuer: LocalIssuer) -> None:
         assert client.post("/products", **read).status_code == 403
         assert client.get("/whoami", **read).json()["sub"] == "svc"
         assert client.get("/catalogue").status_code == 401
+
+
+# -- the BEARERGUARD setting, checked at start-up ------------------------------------------------
+
+
+def start_up_errors() -> list[str]:
+    """What ``manage.py check`` reports of ``BEARERGUARD`` under the current settings."""
+    return [m.msg for m in checks.run_checks() if m.id == "bearerguard.E001"]
+
+
+GOOD = {"ISSUER": "https://issuer.test/oidc", "AUDIENCE": AUDIENCE}
+
+
+@pytest.mark.parametrize(
+    ("config", "says"),
+    [
+        (["https://issuer.test/oidc", AUDIENCE], "BEARERGUARD must be a dict"),
+        ({**GOOD, "LEEWAYY": 5}, "unknown BEARERGUARD keys: LEEWAYY"),
+        ({"ISSUER": "https://issuer.test/oidc"}, "BEARERGUARD needs AUDIENCE"),
+        ({"ISSUER": "https://issuer.test/oidc", "AUDIENCE": ""}, "BEARERGUARD needs AUDIENCE"),
+        ({}, "BEARERGUARD needs ISSUER and AUDIENCE"),
+        ({"SERVER": "https://issuer.test/oidc"}, "BEARERGUARD['SERVER'] must be a ResourceServer"),
+        ({**GOOD, "PUBLIC": "/health"}, "BEARERGUARD['PUBLIC'] is a list of path patterns"),
+        ({**GOOD, "PUBLIC": ["/health", 7]}, "BEARERGUARD['PUBLIC'] is a list of path patterns"),
+        ({**GOOD, "RULES": ["/read"]}, "BEARERGUARD['RULES'] is a list of bearerguard.rules.Rule"),
+        ({**GOOD, "PROTECT_ALL": "yes"}, "BEARERGUARD['PROTECT_ALL'] is True or False"),
+    ],
+)
+def test_a_bad_setting_is_reported_at_start_up(config: Any, says: str) -> None:
+    with override_settings(BEARERGUARD=config):
+        assert start_up_errors() == [f"BEARERGUARD: {says}"]
+
+
+def test_a_ready_server_takes_no_server_arguments(issuer: LocalIssuer) -> None:
+    config = {"SERVER": make_server(issuer), "LEEWAY": 5, "ISSUER": issuer.issuer}
+    with override_settings(BEARERGUARD=config):
+        assert start_up_errors() == ["BEARERGUARD: BEARERGUARD with SERVER takes no ISSUER, LEEWAY"]
+
+
+def test_a_site_without_the_setting_is_told_to_set_it() -> None:
+    with override_settings():
+        del settings.BEARERGUARD
+        assert start_up_errors() == [
+            "BEARERGUARD: set BEARERGUARD in settings.py (see bearerguard.django)"
+        ]
+
+
+def test_a_good_setting_passes_the_check_with_server_arguments_uppercased() -> None:
+    config = {**GOOD, "LEEWAY": 5, "REQUIRE_TYP": True, "PUBLIC": ["/health"]}
+    with override_settings(BEARERGUARD=config):
+        assert start_up_errors() == []
+    server = server_from_settings(config)
+    assert server.options.leeway == 5
+    assert server.options.require_typ
+
+
+def test_the_setting_builds_one_server_whose_keys_are_fetched_once() -> None:
+    """ISSUER and AUDIENCE (not SERVER): every request uses the one server the setting built,
+    so the issuer's keys are fetched once, not per request."""
+    real_time = LocalIssuer(audience=AUDIENCE)  # the settings take no clock
+    config = {**GOOD, "TRANSPORT": real_time.transport(), "PROTECT_ALL": False}
+    with override_settings(BEARERGUARD=config):
+        client = Client()
+        for sub in ("ada", "bo", "cy"):
+            token = real_time.mint("read", sub=sub)
+            assert client.get("/fn/read", HTTP_AUTHORIZATION=f"Bearer {token}").status_code == 200
+    assert real_time.requests.count("/oidc/jwks") == 1
+
+
+# -- what the views see of the request ---------------------------------------------------------
+
+
+def test_request_user_is_the_tokens_subject(issuer: LocalIssuer) -> None:
+    token = issuer.mint(sub="ada", client_id="svc")
+    with override_settings(BEARERGUARD={"SERVER": make_server(issuer), "PROTECT_ALL": False}):
+        client = Client()
+        holder = client.get("/fn/user", HTTP_AUTHORIZATION=f"Bearer {token}").json()
+        nobody = client.get("/fn/user").json()
+    assert holder == {
+        "authenticated": True,
+        "anonymous": False,
+        "username": "ada",
+        "get_username": "ada",
+        "str": "ada",
+        "pk": "ada",
+        "perms": [False, False, False],  # its scopes are its permissions, not Django's
+    }
+    assert nobody == {
+        "authenticated": False,
+        "anonymous": True,
+        "username": "",
+        "get_username": "",  # Django's AnonymousUser answers it too: never a 500
+        "str": "AnonymousUser",
+        "pk": None,
+        "perms": [False, False, False],
+    }
+
+
+def test_current_token_is_the_verified_token_and_refuses_an_unprotected_view(
+    issuer: LocalIssuer,
+) -> None:
+    token = issuer.mint(sub="ada")
+    with override_settings(BEARERGUARD={"SERVER": make_server(issuer), "PROTECT_ALL": False}):
+        client = Client()
+        ok = client.get("/fn/holder", HTTP_AUTHORIZATION=f"Bearer {token}")
+        assert ok.json() == {"sub": "ada"}
+        with pytest.raises(RuntimeError) as caught:
+            client.get("/holder", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert str(caught.value) == (
+        "no verified access token: this view is not protected by bearerguard"
+    )
+
+
+def test_the_middleware_applies_a_rule_to_its_method_only(issuer: LocalIssuer) -> None:
+    rules = [Rule("/read", methods=["POST"], scopes=["write"])]
+    read, write = issuer.mint("read"), issuer.mint("write")
+    with override_settings(BEARERGUARD={"SERVER": make_server(issuer), "RULES": rules}):
+        client = Client()
+        assert client.get("/read", HTTP_AUTHORIZATION=f"Bearer {read}").status_code == 200
+        refused = client.post("/read", HTTP_AUTHORIZATION=f"Bearer {read}")
+        assert refused.status_code == 403
+        assert refused.json()["error"] == "insufficient_scope"
+        assert 'scope="write"' in refused.headers["WWW-Authenticate"]
+        assert client.post("/read", HTTP_AUTHORIZATION=f"Bearer {write}").status_code == 200
+
+
+def test_a_dpop_bound_token_with_its_proof_is_accepted(issuer: LocalIssuer) -> None:
+    key = DPoPKey.generate("ES256")
+    token = issuer.mint("read", sub="ada", claims={"cnf": {"jkt": key.jkt}})
+    server = make_server(issuer, dpop="allowed")
+    with override_settings(BEARERGUARD={"SERVER": server, "PROTECT_ALL": False}):
+        client = Client()
+
+        def call(**meta: str) -> Any:
+            return client.get("/fn/read", HTTP_AUTHORIZATION=f"DPoP {token}", **meta)
+
+        proof = key.proof("GET", "http://testserver/fn/read", access_token=token, iat=NOW)
+        ok = call(HTTP_DPOP=proof)
+        assert ok.status_code == 200
+        assert ok.json()["sub"] == "ada"
+        unproven = call()
+        assert unproven.status_code == 401
+        assert unproven.json()["error"] == "invalid_dpop_proof"
+
+
+def test_an_async_view_sees_its_url_arguments(issuer: LocalIssuer) -> None:
+    path = "/fn/async/orgs/acme/reports"
+    ours = issuer.mint("read", sub="ada", organization_id="acme")
+    theirs = issuer.mint("read", sub="ada", organization_id="globex")
+    with override_settings(BEARERGUARD={"SERVER": make_server(issuer), "PROTECT_ALL": False}):
+        client = Client()
+        assert client.get(path, HTTP_AUTHORIZATION=f"Bearer {ours}").json()["sub"] == "ada"
+        refused = client.get(path, HTTP_AUTHORIZATION=f"Bearer {theirs}")
+        assert refused.status_code == 403
+        assert "organization_id must match the path's org" in refused.json()["error_description"]
+
+
+def test_the_metadata_document_answers_get_head_and_options_only(issuer: LocalIssuer) -> None:
+    path = "/.well-known/oauth-protected-resource"
+    with override_settings(BEARERGUARD={"SERVER": make_server(issuer)}):
+        client = Client()
+        posted = client.post(path)
+        assert posted.status_code == 405
+        assert posted.headers["Allow"] == "GET, HEAD, OPTIONS"
+        head = client.head(path)
+        assert (head.status_code, head.content) == (200, b"")
+        assert client.options(path).status_code == 204

@@ -46,6 +46,16 @@ class TokenUser:
     def get_username(self) -> str:
         return self.username
 
+    # Django permissions live in its database; a token's are its scopes (require_scopes).
+    def has_perm(self, perm: str, obj: object = None) -> bool:
+        return False
+
+    def has_perms(self, perm_list: Iterable[str], obj: object = None) -> bool:
+        return False
+
+    def has_module_perms(self, app_label: str) -> bool:
+        return False
+
     def __str__(self) -> str:
         return self.username
 
@@ -60,6 +70,18 @@ class NoTokenUser:
     is_superuser = False
     pk = id = None
     username = ""
+
+    def get_username(self) -> str:
+        return ""
+
+    def has_perm(self, perm: str, obj: object = None) -> bool:
+        return False
+
+    def has_perms(self, perm_list: Iterable[str], obj: object = None) -> bool:
+        return False
+
+    def has_module_perms(self, app_label: str) -> bool:
+        return False
 
     def __str__(self) -> str:
         return "AnonymousUser"
@@ -172,7 +194,7 @@ class ScopesRequiredMixin:
 
         server = get_server()
         requirement = Requirement(scopes=tuple(self.required_scopes), any_of=self.any_of_scopes)
-        view = request_view(request, kwargs or NO_PARAMS)
+        view = request_view(request, kwargs)
         try:
             token = server.authorize(view, requirement)
         except AuthError as exc:
