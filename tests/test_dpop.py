@@ -863,3 +863,413 @@ def test_the_proof_bounds_are_exact_and_userinfo_is_refused(
     assert normalize_url("http://api.test:80/x") == "http://api.test/x"
     assert normalize_url("https://api.test:443/x") == "https://api.test/x"
     assert normalize_url("http://api.test:443/x") == "http://api.test:443/x"
+
+
+# -- every bound to the unit: proof length, dot segments, userinfo ------------------------------
+
+
+def proof_of_length(key: DPoPKey, token: str, now: float, length: int) -> str:
+    """A good proof for a GET of URL exactly ``length`` characters long (padded in a claim and,
+    for the lengths base64url cannot make, in a header member)."""
+    for kid in range(4):
+        header = {"kid": "k" * kid} if kid else None
+
+        def made(pad: int, header: dict[str, str] | None = header) -> str:
+            claims = {"pad": "x" * pad}
+            return key.proof("GET", URL, access_token=token, iat=now, claims=claims, header=header)
+
+        guess = (length - len(made(0))) * 3 // 4
+        for pad in range(max(0, guess - 3), guess + 4):
+            proof = made(pad)
+            if len(proof) == length:
+                return proof
+    raise AssertionError(f"no proof of {length} characters")
+
+
+def test_a_proof_of_8192_characters_is_taken_and_one_of_8193_is_not(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    # Tokens may be far longer here: the proof's own bound is what stops the second.
+    rs = server(issuer, max_token_length=1 << 20)
+    token = bound(issuer, key)
+    fits = proof_of_length(key, token, clock.now, 8192)
+    assert not isinstance(request(rs, dpop(token), [fits]), AuthError)
+    too_long = refused(request(rs, dpop(token), [proof_of_length(key, token, clock.now, 8193)]))
+    assert too_long.description == "the DPoP header must hold one JWT"
+
+
+def test_dot_segments_never_climb_above_the_root(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    # RFC 3986 section 5.2.4: "/..//products" is "//products" (an empty first segment stays).
+    assert normalize_url("https://api.test/..//products") == "https://api.test//products"
+    assert normalize_url("https://api.test/../products") == "https://api.test/products"
+    assert normalize_url("https://api.test/a/..//b") == "https://api.test//b"
+    rs = server(issuer)
+    token = bound(issuer, key)
+    proof = key.proof("GET", URL, access_token=token, iat=clock.now)
+    exc = refused(request(rs, dpop(token), [proof], url="https://api.test/..//products"))
+    assert exc.description == "the DPoP proof is for another URL (htu)"
+
+
+@pytest.mark.parametrize(
+    "htu",
+    [
+        "ftp://api.test/products",  # a host, another scheme
+        "https:///products",  # the scheme, no host
+        "https://u@api.test/products",  # a user, no password
+        "https://:p@api.test/products",  # a password, no user
+    ],
+)
+def test_htu_must_be_an_http_url_with_a_host_and_no_userinfo(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock, htu: str
+) -> None:
+    with pytest.raises(ValueError, match="URL"):
+        normalize_url(htu)
+    token = bound(issuer, key)
+    proof = key.proof("GET", URL, access_token=token, iat=clock.now, claims={"htu": htu})
+    exc = refused(request(server(issuer), dpop(token), [proof]))
+    assert exc.status_code == 401
+    assert exc.description == "the DPoP proof's htu is not an http(s) URL"
+
+
+# -- the header's alg, and what a refusal names -------------------------------------------------
+
+
+@pytest.mark.parametrize("alg", [["ES256"], {"ES256": True}, 256, None])
+def test_an_alg_that_is_no_string_is_refused_not_a_500(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock, alg: Any
+) -> None:
+    import base64
+    import json
+
+    token = bound(issuer, key)
+    h, p, s = key.proof("GET", URL, access_token=token, iat=clock.now).split(".")
+    header = json.loads(base64.urlsafe_b64decode(h + "=" * (-len(h) % 4)))
+    header["alg"] = alg
+    proof = ".".join((b64url(json.dumps(header).encode()), p, s))
+    exc = refused(request(server(issuer), dpop(token), [proof]))
+    assert exc.status_code == 401
+    assert exc.description == ("the DPoP proof's alg must be one of: ES256 ES384 EdDSA RS256 PS256")
+
+
+@pytest.mark.parametrize(
+    ("algorithms", "named"),
+    [
+        (["ES384"], "ES384"),
+        (["PS256", "ES384"], "ES384 PS256"),  # in the order of the defaults
+        (["ES512"], "ES512"),  # not a default: named all the same
+        (["RS512", "ES256", "ES512"], "ES256 ES512 RS512"),  # the defaults first, then sorted
+    ],
+)
+def test_a_refused_alg_names_the_algorithms_this_server_takes(
+    issuer: LocalIssuer, clock: Clock, algorithms: list[str], named: str
+) -> None:
+    other = DPoPKey.generate("EdDSA")
+    token = bound(issuer, other)
+    proof = other.proof("GET", URL, access_token=token, iat=clock.now)
+    exc = refused(request(server(issuer, dpop_algorithms=algorithms), dpop(token), [proof]))
+    assert exc.description == f"the DPoP proof's alg must be one of: {named}"
+    assert f'algs="{named}"' in exc.www_authenticate
+
+
+# -- nonces: five-minute steps, secrets and lifetimes -------------------------------------------
+
+
+def test_a_nonce_lives_for_the_rest_of_its_five_minute_step_and_the_whole_next(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    assert NOW % 300 == 0  # steps are counted from the epoch: NOW starts one
+    rs = server(issuer, dpop_nonce=True, dpop_nonce_secret="s" * 32)
+    token = bound(issuer, key)
+
+    def send(nonce: str | None) -> Any:
+        proof = key.proof("GET", URL, access_token=token, iat=clock.now, nonce=nonce)
+        return request(rs, dpop(token), [proof])
+
+    nonce = refused(send(None)).headers["DPoP-Nonce"]
+    clock.now = NOW + 299.5  # its own step: current, nothing new sent
+    _, reply = send(nonce)
+    assert reply is None
+    for late in (300, 599.5):  # the next step, its last: accepted, with a fresh one
+        clock.now = NOW + late
+        _, reply = send(nonce)
+        assert reply is not None, late
+        assert reply["DPoP-Nonce"] != nonce, late
+    clock.now = NOW + 600
+    exc = refused(send(nonce))
+    assert exc.to_dict()["error"] == "use_dpop_nonce"
+    assert exc.headers["DPoP-Nonce"] not in ("", nonce)
+
+
+def test_a_nonce_secret_needs_16_bytes_and_a_lifetime_10_seconds(
+    issuer: LocalIssuer, clock: Clock
+) -> None:
+    for secret in ("x" * 16, b"x" * 16, "\u00e9" * 8):  # bytes, not characters: é is two
+        source = NonceSource(secret)
+        assert source.check(source.current(clock.now), clock.now) is True
+        server(issuer, dpop_nonce=True, dpop_nonce_secret=secret)
+    for secret in ("x" * 15, b"x" * 15, "\u00e9" * 7 + "x"):
+        with pytest.raises(ConfigurationError, match="at least 16 bytes"):
+            NonceSource(secret)
+        with pytest.raises(ConfigurationError, match="at least 16 bytes"):
+            server(issuer, dpop_nonce=True, dpop_nonce_secret=secret)
+    shortest = NonceSource("x" * 16, lifetime=10)
+    nonce = shortest.current(NOW)  # NOW starts a 10 s step: current for 10 s, then its last
+    assert [shortest.check(nonce, NOW + t) for t in (9.5, 10, 19.5, 20)] == [
+        True,
+        False,
+        False,
+        None,
+    ]
+    for lifetime in (9.5, 0, -10, float("nan")):
+        with pytest.raises(ConfigurationError, match="at least 10 seconds"):
+            NonceSource("x" * 16, lifetime=lifetime)
+
+
+# -- configuration at start-up -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("max_age", "max_future"),
+    [(1, 0), (0.5, 0), (3600, 300), (60, 5)],
+)
+def test_the_proof_window_may_be_set_anywhere_in_its_documented_range(
+    issuer: LocalIssuer, max_age: float, max_future: float
+) -> None:
+    rs = server(issuer, dpop_max_age=max_age, dpop_max_future=max_future)
+    assert rs.dpop is not None
+    assert (rs.dpop.max_age, rs.dpop.max_future) == (max_age, max_future)
+
+
+@pytest.mark.parametrize(
+    ("max_age", "max_future"),
+    [(0, 5), (-1, 5), (3600.5, 5), (3601, 5), (60, -0.5), (60, 300.5), (60, 301)],
+)
+def test_a_proof_window_outside_its_range_is_a_start_up_error(
+    issuer: LocalIssuer, max_age: float, max_future: float
+) -> None:
+    with pytest.raises(ConfigurationError, match="0 < dpop_max_age <= 3600"):
+        server(issuer, dpop_max_age=max_age, dpop_max_future=max_future)
+
+
+def test_the_window_edges_follow_the_configured_window(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    rs = server(issuer, dpop_max_age=3600, dpop_max_future=0)
+    token = bound(issuer, key)
+
+    def says(iat: float) -> str:
+        proof = key.proof("GET", URL, access_token=token, iat=iat)
+        result = request(rs, dpop(token), [proof])
+        return "ok" if not isinstance(result, AuthError) else result.description
+
+    assert says(clock.now - 3600) == "ok"
+    assert says(clock.now) == "ok"
+    assert says(clock.now - 3601) == "the DPoP proof is too old (iat)"
+    assert says(clock.now + 1) == "the DPoP proof is from the future (iat)"
+
+
+@pytest.mark.parametrize("origin", ["api.test", "ftp://api.test", "https://"])
+def test_dpop_origins_that_are_no_http_urls_are_a_start_up_error(
+    issuer: LocalIssuer, origin: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="dpop_origins takes http"):
+        server(issuer, dpop_origins=[origin])
+
+
+# -- what the replay store is asked ---------------------------------------------------------------
+
+
+class RecordingStore(MemoryReplayStore):
+    """A memory store that remembers the ttl it was given for each proof."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ttls: list[float] = []
+
+    def add(self, key: str, ttl: float) -> bool:
+        self.ttls.append(ttl)
+        return super().add(key, ttl)
+
+
+def test_a_proof_is_kept_for_as_long_as_it_stays_acceptable_and_one_second_more(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock
+) -> None:
+    store = RecordingStore()
+    rs = server(issuer, dpop_replay_store=store)  # dpop_max_age 60, dpop_max_future 5
+    token = bound(issuer, key)
+    for iat in (clock.now, clock.now + 5, clock.now - 30, clock.now - 60):
+        proof = key.proof("GET", URL, access_token=token, iat=iat)
+        assert not isinstance(request(rs, dpop(token), [proof]), AuthError), iat
+    # Acceptable until iat + 60, plus 1 s; at least 1 s plus 1 s for one at the very edge.
+    assert store.ttls == [61.0, 66.0, 31.0, 2.0]
+
+
+class RecordingRedis:
+    """What a sync Redis client is asked to SET (a stand-in that always answers "new")."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes, dict[str, Any]]] = []
+
+    def set(self, name: str, value: bytes, **options: Any) -> bool:
+        self.calls.append((name, value, options))
+        return True
+
+
+def test_a_redis_store_sets_each_key_once_for_its_ttl_in_whole_milliseconds() -> None:
+    from bearerguard.replay import RedisReplayStore
+
+    client = RecordingRedis()
+    store = RedisReplayStore(client, prefix="p:")
+    for ttl in (65, 2.0, 0.0015, 0.0004, 0):
+        assert store.add("k", ttl) is True
+    # Redis refuses PX 0 ("invalid expire time"): below a millisecond is one millisecond.
+    assert [options["px"] for _, _, options in client.calls] == [65_000, 2000, 1, 1, 1]
+    assert all(
+        (name, value, options["nx"]) == ("p:k", b"1", True) for name, value, options in client.calls
+    )
+
+
+def test_a_redis_store_needs_a_client_and_each_face_its_own() -> None:
+    import redis
+    import redis.asyncio
+    from procs import free_port
+
+    from bearerguard.replay import RedisReplayStore
+
+    with pytest.raises(ConfigurationError, match="needs a client, an async_client, or both"):
+        RedisReplayStore()
+    url = f"redis://127.0.0.1:{free_port()}/0"  # never connected to
+    async_only = RedisReplayStore(async_client=redis.asyncio.Redis.from_url(url))
+    with pytest.raises(ConfigurationError, match="no sync client"):
+        async_only.add("k", 5)
+    sync_only = RedisReplayStore(client=redis.Redis.from_url(url))
+    with pytest.raises(ConfigurationError, match="no async client"):
+        anyio.run(sync_only.add_async, "k", 5)
+
+
+def test_an_unreachable_redis_is_a_503_on_the_async_face_too(
+    issuer: LocalIssuer, key: DPoPKey, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import redis.asyncio
+    from procs import free_port
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    from bearerguard.replay import RedisReplayStore
+
+    token = bound(issuer, key)
+    proof = key.proof("GET", URL, access_token=token, iat=clock.now)
+
+    async def call() -> Any:
+        # Nothing listens on this loopback port: the connection is refused, and not retried.
+        port = free_port()
+        client = redis.asyncio.Redis(host="127.0.0.1", port=port, retry=Retry(NoBackoff(), 0))
+        rs = server(issuer, dpop_replay_store=RedisReplayStore(async_client=client, retry_after=7))
+        try:
+            view = RequestView("GET", dpop(token), url=URL, dpop=[proof])
+            return await rs.authorize_async(view, Requirement())
+        except AuthError as exc:
+            return exc
+        finally:
+            await client.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="bearerguard"):
+        down = refused(anyio.run(call))
+    assert down.status_code == 503
+    assert down.reason.value == "replay_store_unavailable"
+    assert down.to_dict()["error"] == "temporarily_unavailable"
+    assert down.headers["Retry-After"] == "7"
+    assert "the DPoP replay store is unavailable: ConnectionError" in caplog.text
+
+
+def test_a_replay_store_url_is_memory_or_redis_with_one_second_timeouts() -> None:
+    from procs import free_port
+
+    from bearerguard.replay import RedisReplayStore, replay_store_from_url
+
+    assert isinstance(replay_store_from_url(""), MemoryReplayStore)
+    assert isinstance(replay_store_from_url("memory"), MemoryReplayStore)
+    for url in ("mysql://db/0", "Memory", "127.0.0.1:6379"):
+        with pytest.raises(ConfigurationError, match="is 'memory' or a redis:// URL"):
+            replay_store_from_url(url)
+    url = f"redis://127.0.0.1:{free_port()}/0"  # never connected to
+    store = replay_store_from_url(url)
+    assert isinstance(store, RedisReplayStore)
+    for client in (store.client, store.async_client):
+        options = client.connection_pool.connection_kwargs
+        assert (options["socket_timeout"], options["socket_connect_timeout"]) == (1.0, 1.0)
+    patient = replay_store_from_url(url, socket_timeout=3.0)
+    assert isinstance(patient, RedisReplayStore)
+    options = patient.client.connection_pool.connection_kwargs
+    assert (options["socket_timeout"], options["socket_connect_timeout"]) == (3.0, 1.0)
+
+
+def test_a_redis_url_without_the_redis_extra_is_a_start_up_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from bearerguard.replay import replay_store_from_url
+
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if redis were not installed
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    with pytest.raises(ConfigurationError, match=r"pip install 'bearerguard\[redis\]'"):
+        replay_store_from_url("redis://127.0.0.1:6379/0")
+
+
+# -- the examples' environment: dpop_settings --------------------------------------------------
+
+
+def test_dpop_settings_reads_the_examples_environment(issuer: LocalIssuer) -> None:
+    from bearerguard.dpop import dpop_settings
+    from bearerguard.replay import RedisReplayStore
+
+    def settings(**environ: str) -> dict[str, Any]:
+        found = dpop_settings(environ)
+        if found:
+            store = found.pop("dpop_replay_store")
+            assert isinstance(store, (MemoryReplayStore, RedisReplayStore))
+            found["store"] = type(store).__name__
+        return found
+
+    assert settings() == {}
+    assert settings(AUTH_DPOP="  ") == {}  # set but empty: off
+    assert settings(AUTH_DPOP=" Off ") == {}
+    memory = {"dpop": "required", "dpop_nonce": False, "store": "MemoryReplayStore"}
+    assert settings(AUTH_DPOP=" Required ") == memory
+    assert settings(AUTH_DPOP="required", AUTH_DPOP_NONCE="off") == memory
+    # A secret is passed only with nonces on: a random one per process otherwise.
+    secret = "a shared secret for the replicas!"
+    assert settings(AUTH_DPOP="required", AUTH_DPOP_NONCE_SECRET=secret) == memory
+    assert settings(AUTH_DPOP="allowed", AUTH_DPOP_NONCE=" ON ") == {
+        "dpop": "allowed",
+        "dpop_nonce": True,
+        "store": "MemoryReplayStore",
+    }
+    assert settings(AUTH_DPOP="allowed", AUTH_DPOP_NONCE="on", AUTH_DPOP_NONCE_SECRET=secret) == {
+        "dpop": "allowed",
+        "dpop_nonce": True,
+        "dpop_nonce_secret": secret,
+        "store": "MemoryReplayStore",
+    }
+    redis_url = "redis://127.0.0.1:6379/0"  # never connected to
+    assert settings(AUTH_DPOP="required", AUTH_REPLAY_STORE=redis_url)["store"] == (
+        "RedisReplayStore"
+    )
+    for nonce in ("yes", "true", "1"):
+        with pytest.raises(ConfigurationError, match="AUTH_DPOP_NONCE must be 'on' or 'off'"):
+            dpop_settings({"AUTH_DPOP": "required", "AUTH_DPOP_NONCE": nonce})
+    found = dpop_settings({"APP_DPOP": "required", "APP_DPOP_NONCE": "on"}, prefix="APP_")
+    assert (found["dpop"], found["dpop_nonce"]) == ("required", True)
+    # What it reads builds a server: nonces on, the secret given.
+    built = dpop_settings(
+        {"AUTH_DPOP": "required", "AUTH_DPOP_NONCE": "on", "AUTH_DPOP_NONCE_SECRET": secret}
+    )
+    rs = issuer.resource_server(**built)
+    assert rs.dpop is not None
+    assert rs.dpop.nonces is not None
+    assert NonceSource(secret).check(rs.dpop.nonces.current(NOW), NOW) is True

@@ -82,6 +82,12 @@ def _normal_percent(match: re.Match[str]) -> str:
     return char if char in _UNRESERVED else "%" + match.group(1).upper()
 
 
+def _alg_names(algorithms: frozenset[str]) -> str:
+    """The algorithms, space-separated: the defaults in their order, then any others sorted."""
+    named = [a for a in DEFAULT_DPOP_ALGORITHMS if a in algorithms]
+    return " ".join(named + sorted(algorithms - set(named)))
+
+
 def _remove_dot_segments(path: str) -> str:
     """RFC 3986 section 5.2.4."""
     out: list[str] = []
@@ -228,9 +234,7 @@ class DPoPSettings:
 
     @property
     def algs(self) -> str:
-        return " ".join(a for a in DEFAULT_DPOP_ALGORITHMS if a in self.algorithms) + "".join(
-            " " + a for a in sorted(self.algorithms - set(DEFAULT_DPOP_ALGORITHMS))
-        )
+        return _alg_names(self.algorithms)
 
 
 @dataclass(frozen=True)
@@ -330,7 +334,7 @@ def verify_proof(
         raise _refuse("the DPoP proof is not a well-formed JWT") from None
     alg, key, jkt = known
     if alg not in algorithms:
-        shown = " ".join(a for a in DEFAULT_DPOP_ALGORITHMS if a in algorithms) or "none"
+        shown = _alg_names(algorithms) or "none"
         raise _refuse(f"the DPoP proof's alg must be one of: {shown}")
     try:
         check_signature(signature, f"{h}.{p}".encode(), alg, key)
