@@ -12,17 +12,21 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import httpx
 import httpx2
 import pytest
+from clocks import FakeClock
 from mcp import Client
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.streamable_http import streamable_http_client
+from mcp.server.mcpserver import Context
 from procs import free_port, interpreter, serving
 
 from bearerguard.client import ClientCredentialsAuth
 from bearerguard.devissuer import DevIssuer, parse_config
-from bearerguard.mcp import MCPGuard, MCPTokenVerifier
+from bearerguard.mcp import MCPGuard, MCPTokenVerifier, current_token
 from bearerguard.testing import LocalIssuer
 
 ROOT = Path(__file__).parents[1]
@@ -81,14 +85,16 @@ async def post(
     body: bytes | Any,
     token: str | None,
     path: str = "/mcp",
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | list[tuple[str, str]] | None = None,
     method: str = "POST",
+    root_path: str = "",
 ) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    sent = {**JSON_AND_SSE, **(headers or {})}
+    extra = list(headers.items()) if isinstance(headers, dict) else headers or []
+    sent = [*JSON_AND_SSE.items(), *extra]  # a list: a header sent twice stays twice
     if token is not None:
-        sent["Authorization"] = f"Bearer {token}"
-    transport = httpx.ASGITransport(app=app)
+        sent.append(("Authorization", f"Bearer {token}"))
+    transport = httpx.ASGITransport(app=app, root_path=root_path)
     url = httpx.URL("https://mcp.test").copy_with(raw_path=path.encode())  # "//mcp" as is
     async with httpx.AsyncClient(transport=transport) as client:
         return await client.request(method, url, content=content, headers=sent)
@@ -108,6 +114,24 @@ def rpc_error(response: httpx.Response) -> int:
 
 def challenge(response: httpx.Response) -> str:
     return response.headers["www-authenticate"]
+
+
+def rpc_message(response: httpx.Response) -> str:
+    rpc_error(response)
+    return str(response.json()["error"]["message"])
+
+
+def http_scope(headers: list[tuple[bytes, bytes]], path: str = "/mcp") -> dict[str, Any]:
+    """An ASGI scope for a POST, with exactly these headers (which httpx would not send)."""
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+    }
 
 
 @pytest.mark.anyio
@@ -430,16 +454,7 @@ async def test_a_body_that_never_finishes_is_408(issuer: LocalIssuer, echo: Echo
     async def send(message: dict[str, Any]) -> None:
         answers.append(message)
 
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/mcp",
-        "raw_path": b"/mcp",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"authorization", f"Bearer {token}".encode())],
-    }
-    await app(scope, receive, send)
+    await app(http_scope([(b"authorization", f"Bearer {token}".encode())]), receive, send)
     assert answers[0]["status"] == 408
     assert json.loads(answers[1]["body"])["error"]["code"] == -32600
     assert echo.bodies == []
@@ -455,6 +470,383 @@ def test_bad_configuration_is_refused(issuer: LocalIssuer, echo: Echo) -> None:
         MCPGuard(echo, server=server, tools={"x": ["a b"]})
     with pytest.raises(ValueError, match="body_timeout"):
         MCPGuard(echo, server=server, body_timeout=0)
+
+
+# -- the limits to the byte and the second, and the refusals word for word ---------------------
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop on an injected clock: its timers (``anyio.fail_after``) fire when the
+    test moves the clock, never on their own."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def time(self) -> float:
+        return self.clock()
+
+
+def stalled_for(app: MCPGuard, token: str, clock: FakeClock, seconds: float) -> list[int]:
+    """The statuses answered while a client sends half a body, then nothing for ``seconds``."""
+    statuses: list[int] = []
+
+    async def main() -> None:
+        stalled = anyio.Event()  # set when the guard waits for the rest of the body
+        started = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal started
+            if not started:
+                started = True
+                return {"type": "http.request", "body": b'{"jsonrpc":', "more_body": True}
+            stalled.set()
+            await anyio.Event().wait()  # never set: the client sends nothing more
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        scope = http_scope([(b"authorization", f"Bearer {token}".encode())])
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(app, scope, receive, send)
+            await stalled.wait()
+            clock.advance(seconds)
+            for _ in range(50):  # the timer's turn comes within a few loop iterations
+                await anyio.lowlevel.checkpoint()
+            tasks.cancel_scope.cancel()  # still waiting: the client goes away
+
+    anyio.run(main, backend_options={"loop_factory": lambda: VirtualTimeLoop(clock)})
+    return statuses
+
+
+def test_a_body_is_waited_for_30_seconds_by_default_then_408(
+    issuer: LocalIssuer, echo: Echo, fake_clock: FakeClock
+) -> None:
+    app = guarded(issuer, echo)
+    token = issuer.mint(READ)
+    assert stalled_for(app, token, fake_clock, 29.9) == []
+    assert stalled_for(app, token, fake_clock, 30.1) == [408]
+    assert echo.bodies == []
+
+
+@pytest.mark.anyio
+async def test_the_default_limit_is_one_mebibyte_to_the_byte(
+    issuer: LocalIssuer, echo: Echo
+) -> None:
+    app = guarded(issuer, echo)
+    token = issuer.mint(READ)
+    message = json.dumps(call("list_products")).encode()
+    exact = message + b" " * ((1 << 20) - len(message))  # trailing spaces: still one message
+    assert (await post(app, exact, token)).status_code == 200
+    response = await post(app, exact + b" ", token)
+    assert response.status_code == 413
+    assert rpc_message(response) == "the request body is too large"
+    assert echo.bodies == [exact]
+
+
+@pytest.mark.anyio
+async def test_max_body_is_the_largest_body_taken_declared_or_streamed(
+    issuer: LocalIssuer, echo: Echo
+) -> None:
+    app = guarded(issuer, echo, max_body=1024)
+    token = issuer.mint(READ)
+    message = json.dumps(call("list_products")).encode()
+    exact = message + b" " * (1024 - len(message))
+    assert (await post(app, exact, token)).status_code == 200  # with Content-Length: 1024
+    assert (await post(app, exact + b" ", token)).status_code == 413
+
+    async def streamed(body: bytes) -> httpx.Response:  # no Content-Length: counted as read
+        async def chunks() -> AsyncIterator[bytes]:
+            yield body[:500]
+            yield body[500:]
+
+        headers = {**JSON_AND_SSE, "Authorization": f"Bearer {token}"}
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://mcp.test") as client:
+            return await client.post("/mcp", content=chunks(), headers=headers)
+
+    assert (await streamed(exact)).status_code == 200
+    assert (await streamed(exact + b" ")).status_code == 413
+    assert echo.bodies == [exact, exact]
+
+
+@pytest.mark.anyio
+async def test_a_declared_oversized_body_is_refused_before_any_of_it_is_read(
+    issuer: LocalIssuer, echo: Echo
+) -> None:
+    app = guarded(issuer, echo, max_body=1024)
+    token = issuer.mint(READ)
+    reads: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        reads.append(1)
+        return {"type": "http.request", "body": b" " * 1025, "more_body": False}
+
+    answers: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        answers.append(message)
+
+    headers = [(b"authorization", f"Bearer {token}".encode()), (b"content-length", b"1025")]
+    await app(http_scope(headers), receive, send)
+    assert answers[0]["status"] == 413
+    assert json.loads(answers[1]["body"])["error"]["message"] == "the request body is too large"
+    assert reads == []  # the client is not made to upload what will be refused
+
+
+@pytest.mark.anyio
+async def test_a_content_length_that_is_not_a_number_is_400(
+    issuer: LocalIssuer, echo: Echo
+) -> None:
+    app = guarded(issuer, echo)
+    token = issuer.mint(READ)
+    body = json.dumps(call("list_products")).encode()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    answers: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        answers.append(message)
+
+    headers = [(b"authorization", f"Bearer {token}".encode()), (b"content-length", b"12abc")]
+    await app(http_scope(headers), receive, send)
+    assert answers[0]["status"] == 400
+    error = json.loads(answers[1]["body"])["error"]
+    assert error == {"code": -32600, "message": "bad Content-Length"}
+    assert echo.bodies == []
+
+
+def test_max_body_and_body_timeout_take_their_documented_bounds(
+    issuer: LocalIssuer, echo: Echo
+) -> None:
+    server = issuer.resource_server(MCP_URL)
+    for max_body in (1024, 64 << 20):
+        assert MCPGuard(echo, server=server, max_body=max_body).max_body == max_body
+    for max_body in (1023, (64 << 20) + 1):
+        with pytest.raises(ValueError, match="max_body must be between 1024 and 67108864"):
+            MCPGuard(echo, server=server, max_body=max_body)
+    assert MCPGuard(echo, server=server, body_timeout=3600).body_timeout == 3600
+    for timeout in (3600.001, 3601):
+        with pytest.raises(ValueError, match="body_timeout must be > 0 and at most 3600"):
+            MCPGuard(echo, server=server, body_timeout=timeout)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"jsonrpc": "2.0", "id": 1}', "a JSON-RPC request needs a method"),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": null}', "a JSON-RPC request needs a method"),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": 5}', "the method must be a string"),
+        (
+            b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "'
+            + b"k" * 50
+            + b'": 1, "'
+            + b"k" * 50
+            + b'": 2}',
+            f"duplicate member {'k' * 40!r} in the JSON body",  # named, cut to 40 characters
+        ),
+    ],
+)
+async def test_a_refused_body_is_told_what_is_wrong_with_it(
+    issuer: LocalIssuer, echo: Echo, body: bytes, message: str
+) -> None:
+    response = await post(guarded(issuer, echo), body, issuer.mint(READ))
+    assert response.status_code == 400
+    assert rpc_message(response) == message
+    assert echo.bodies == []
+
+
+@pytest.mark.anyio
+async def test_an_mcp_name_in_broken_base64_is_400_saying_so(
+    issuer: LocalIssuer, echo: Echo
+) -> None:
+    app = guarded(issuer, echo)
+    body = call("add_product", name="x", price=1)
+    # add_product in base64 without its padding, then the byte 0xff (not UTF-8)
+    for value in ("=?base64?YWRkX3Byb2R1Y3Q?=", "=?base64?/w==?="):
+        response = await post(app, body, issuer.mint(WRITE), headers={"Mcp-Name": value})
+        assert response.status_code == 400, value
+        assert rpc_error(response) == -32020
+        assert rpc_message(response) == "Mcp-Name is not valid base64 UTF-8"
+    assert echo.bodies == []
+
+
+@pytest.mark.anyio
+async def test_an_mcp_header_sent_twice_is_400_even_when_both_agree_with_the_body(
+    issuer: LocalIssuer, echo: Echo
+) -> None:
+    app = guarded(issuer, echo)
+    body = call("add_product", name="x", price=1)
+    token = issuer.mint(WRITE)
+    once = [("Mcp-Method", "tools/call"), ("Mcp-Name", "add_product")]
+    assert (await post(app, body, token, headers=once)).status_code == 200
+    for twice in (
+        [("Mcp-Method", "tools/call"), ("Mcp-Method", "tools/call")],
+        [("Mcp-Name", "add_product"), ("Mcp-Name", "add_product")],
+    ):
+        response = await post(app, body, token, headers=twice)
+        assert response.status_code == 400, twice
+        assert rpc_error(response) == -32020
+        assert rpc_message(response) == "several Mcp-Method or Mcp-Name headers"
+    assert len(echo.bodies) == 1
+
+
+@pytest.mark.anyio
+async def test_only_resources_take_a_prefix_and_only_before_their_star(
+    issuer: LocalIssuer, echo: Echo
+) -> None:
+    app = guarded(
+        issuer,
+        echo,
+        tools={"admin*": "admin"},  # a tool's name is exact, a star included
+        resources={"shop://orders/*": "orders", "shop://catalogue": "catalogue"},
+    )
+    token = issuer.mint(READ)
+
+    def read(uri: str) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": uri}}
+
+    for body, scope in (
+        (call("admin*"), "admin"),
+        (read("shop://orders/17"), "orders"),
+        (read("shop://catalogue"), "catalogue"),
+    ):
+        response = await post(app, body, token)
+        assert response.status_code == 403, body
+        assert f'scope="{scope}"' in challenge(response)
+    for body in (
+        call("admin"),
+        call("admin_tool"),
+        read("shop://orders"),  # the prefix is "shop://orders/", slash included
+        read("shop://orders_archive"),
+        read("shop://catalogue2"),  # an exact URI is not a prefix
+    ):
+        assert (await post(app, body, token)).status_code == 200, body
+    assert len(echo.bodies) == 5
+
+
+@pytest.mark.anyio
+async def test_a_resource_uri_is_decoded_four_times_at_most(
+    issuer: LocalIssuer, echo: Echo
+) -> None:
+    app = guarded(issuer, echo, resources={"shop://products/secret": "admin"})
+    token = issuer.mint(READ)
+
+    def read(uri: str) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": uri}}
+
+    four = "shop://products/%25252573ecret"  # "s" percent-encoded four times over
+    response = await post(app, read(four), token)
+    assert response.status_code == 403
+    assert 'scope="admin"' in challenge(response)
+    # Once more is left as it is: an app decoding it once (as the SDK does) does not read
+    # "secret" either, and the guard's work per URI stays bounded.
+    five = four.replace("%", "%25", 1)
+    assert (await post(app, read(five), token)).status_code == 200
+    assert echo.bodies == [json.dumps(read(five)).encode()]
+
+
+@pytest.mark.anyio
+async def test_posts_to_other_routes_reach_the_app_without_a_body_check(
+    issuer: LocalIssuer, echo: Echo
+) -> None:
+    app = guarded(issuer, echo)
+    token = issuer.mint(READ)
+    for path in ("/other", "/mcp/tools", "/"):
+        response = await post(app, b"not json", token, path=path)
+        assert response.status_code == 200, path
+    assert echo.bodies == [b"not json"] * 3
+    response = await post(app, b"not json", token)
+    assert response.status_code == 400
+    assert rpc_error(response) == -32700
+
+
+@pytest.mark.anyio
+async def test_the_endpoint_below_a_root_path_is_checked_too(
+    issuer: LocalIssuer, echo: Echo
+) -> None:
+    # Mounted at /api (Starlette's Mount, uvicorn --root-path): the path is /api/mcp, the
+    # route /mcp.
+    app = guarded(issuer, echo)
+    body = call("add_product", name="x", price=1)
+    response = await post(app, body, issuer.mint(READ), path="/api/mcp", root_path="/api")
+    assert response.status_code == 403
+    assert f'scope="{WRITE}"' in challenge(response)
+    response = await post(app, b"not json", issuer.mint(READ), path="/api/mcp", root_path="/api")
+    assert response.status_code == 400
+    assert echo.bodies == []
+
+
+@pytest.mark.anyio
+async def test_scopes_are_needed_by_every_request_to_the_endpoint(
+    issuer: LocalIssuer, echo: Echo
+) -> None:
+    app = guarded(issuer, echo, scopes="mcp")
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    for path in ("/mcp", "/mcp/"):
+        response = await post(app, listing, issuer.mint(READ), path=path)
+        assert response.status_code == 403, path
+        assert 'scope="mcp"' in challenge(response)
+    response = await post(app, call("add_product", name="x", price=1), issuer.mint("mcp"))
+    assert response.status_code == 403
+    assert f'scope="mcp {WRITE}"' in challenge(response)  # both at once
+    assert (await post(app, listing, issuer.mint("mcp"))).status_code == 200
+    root = MCPGuard(echo, server=issuer.resource_server(MCP_URL), endpoint="/", scopes="mcp")
+    response = await post(root, listing, issuer.mint(READ), path="/")
+    assert response.status_code == 403
+    assert 'scope="mcp"' in challenge(response)
+    assert len(echo.bodies) == 1
+
+
+@pytest.mark.anyio
+async def test_a_tool_finds_the_token_the_guard_verified(issuer: LocalIssuer) -> None:
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    shop = MCPServer("shop")
+
+    @shop.tool()
+    def whoami(ctx: Context) -> dict[str, Any]:
+        token = current_token(ctx)
+        return {"sub": token.sub, "scopes": sorted(token.scopes)}
+
+    asgi = shop.streamable_http_app(
+        stateless_http=True,
+        json_response=True,
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+    )
+    app = MCPGuard(asgi, server=issuer.resource_server(MCP_URL))
+
+    async def whoami_through(app: Any) -> Any:
+        transport = httpx2.ASGITransport(app=app)
+        headers = {"Authorization": f"Bearer {issuer.mint(READ, sub='svc')}"}
+        async with (
+            httpx2.AsyncClient(transport=transport, headers=headers) as http,
+            Client(streamable_http_client(MCP_URL, http_client=http)) as client,
+        ):
+            return await client.call_tool("whoami", {})
+
+    async with shop.session_manager.run():
+        guarded_result = await whoami_through(app)
+        bare_result = await whoami_through(asgi)  # the same server without the guard
+    assert guarded_result.structured_content == {"sub": "svc", "scopes": [READ]}
+    assert bare_result.is_error  # the SDK hides why: current_token raised (see below)
+
+
+def test_current_token_refuses_a_request_the_guard_did_not_verify() -> None:
+    from starlette.requests import Request
+
+    with pytest.raises(RuntimeError, match="is the app behind MCPGuard"):
+        current_token(Request(http_scope([])))
+    with pytest.raises(RuntimeError, match="is the app behind MCPGuard"):
+        current_token(Request({**http_scope([]), "auth": "a token string"}))
+    with pytest.raises(RuntimeError, match="is the app behind MCPGuard"):
+        current_token(object())
 
 
 # -- the verifier for the SDK's own auth -------------------------------------------------------
