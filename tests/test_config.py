@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+import socket
+from typing import TYPE_CHECKING, Any
 
+import anyio
 import httpx
 import pytest
 
-from bearerguard import DEFAULT_ALGORITHMS, ConfigurationError, InvalidToken, ResourceServer
+from bearerguard import (
+    DEFAULT_ALGORITHMS,
+    AuthError,
+    ConfigurationError,
+    InvalidToken,
+    IssuerUnavailable,
+    ResourceServer,
+)
 from bearerguard.testing import LocalIssuer
+from bearerguard.verify import SUPPORTED_ALGORITHMS
+
+if TYPE_CHECKING:
+    from conftest import FakeClock, StubIssuer
 
 ISSUER = "https://issuer.test/oidc"
 AUDIENCE = "https://api.test"
@@ -97,6 +110,15 @@ def test_dangerous_or_unknown_algorithms_are_refused(algorithms: list[str]) -> N
         build(algorithms=algorithms)
 
 
+def test_an_unsupported_algorithm_is_named_with_the_choices() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        build(algorithms=["ES256", "none", "HS256"])
+    assert str(info.value) == (
+        f"unsupported algorithms ['HS256', 'none']; choose from {sorted(SUPPORTED_ALGORITHMS)}"
+        " (none and HS* are never accepted)"
+    )
+
+
 def test_the_default_algorithms_are_the_asymmetric_allow_list() -> None:
     assert set(DEFAULT_ALGORITHMS) == {
         "ES256",
@@ -165,6 +187,32 @@ def test_negative_or_absurd_numbers_are_refused(name: str, value: Any) -> None:
 )
 def test_zero_is_allowed_where_it_means_off(name: str, value: Any) -> None:
     assert build(**{name: value})
+
+
+@pytest.mark.parametrize("length", [512, 8192, 1 << 20])
+def test_max_token_length_takes_512_to_1_mib_bounds_included(length: int) -> None:
+    assert build(max_token_length=length).max_token_length == length
+
+
+@pytest.mark.parametrize("length", [511, (1 << 20) + 1, True, False])
+def test_max_token_length_outside_512_to_1_mib_is_refused(length: Any) -> None:
+    with pytest.raises(
+        ConfigurationError, match="max_token_length must be between 512 and 1048576"
+    ):
+        build(max_token_length=length)
+
+
+def test_a_token_exactly_max_token_length_long_is_accepted() -> None:
+    issuer = LocalIssuer(ISSUER, audience=AUDIENCE, alg="ES256")
+    token = issuer.mint(note="x" * 300)
+    assert len(token) > 513
+    at_limit = issuer.resource_server(max_token_length=len(token))
+    assert at_limit.verify_token(token).issuer == ISSUER
+    assert at_limit.authenticate(f"Bearer {token}").issuer == ISSUER
+    below = issuer.resource_server(max_token_length=len(token) - 1)
+    with pytest.raises(InvalidToken, match="too large") as caught:
+        below.verify_token(token)
+    assert caught.value.reason.value == "token_too_large"
 
 
 def test_jwks_ttl_bounds_must_be_ordered() -> None:
@@ -317,3 +365,128 @@ def test_the_matching_face_and_a_two_faced_transport_are_accepted() -> None:
 def test_a_transport_that_is_no_httpx_transport_is_refused(bad: Any) -> None:
     with pytest.raises(ConfigurationError, match="transport"):
         _server(bad)
+
+
+def test_an_async_http_client_that_is_no_async_client_is_refused() -> None:
+    with httpx.Client() as client:
+        with pytest.raises(ConfigurationError, match="async_http_client must be an httpx"):
+            build(async_http_client=client)
+        with pytest.raises(ConfigurationError, match="async_http_client must be an httpx"):
+            ResourceServer(ISSUER, AUDIENCE, async_http_client=client)  # type: ignore[arg-type]
+
+
+def test_an_async_client_given_as_http_client_fetches_the_keys_of_the_async_face() -> None:
+    # The issuer's own address refuses connections: only the given client can reach it.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        issuer = LocalIssuer(f"http://127.0.0.1:{closed.getsockname()[1]}/oidc", audience=AUDIENCE)
+        client = httpx.AsyncClient(transport=issuer.transport())
+        server = ResourceServer(issuer.issuer, AUDIENCE, http_client=client)
+        server.check_face("async")
+
+        async def run() -> str:
+            async with client:
+                return (await server.authenticate_async(f"Bearer {issuer.mint()}")).issuer
+
+        assert anyio.run(run) == issuer.issuer
+    assert issuer.requests[-1] == "/oidc/jwks"
+
+
+@pytest.mark.parametrize("face", ["both", "Sync", "wsgi", ""])
+def test_check_face_takes_sync_or_async_only(face: str) -> None:
+    with pytest.raises(ValueError, match="face must be 'sync' or 'async'"):
+        build().check_face(face)
+
+
+# -- the documented defaults (README "Defaults, and why"), at their edges -------------------------
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+def test_the_default_leeway_accepts_a_token_29_s_past_exp_and_refuses_one_30_s_past(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    server = stub_issuer.resource_server()
+    now = int(fake_clock())
+    assert server.authenticate(bearer(stub_issuer.mint(exp=now - 29)))
+    with pytest.raises(InvalidToken) as caught:
+        server.authenticate(bearer(stub_issuer.mint(exp=now - 30)))
+    assert caught.value.reason.value == "expired"
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "lifetime"),
+    [
+        (None, 600),  # jwks_ttl
+        ("no-cache, max-age=0", 60),  # Logto's header: jwks_min_ttl
+        ("max-age=1000000", 86400),  # jwks_max_ttl
+    ],
+)
+def test_keys_are_fetched_again_when_the_default_jwks_lifetimes_run_out(
+    stub_issuer: StubIssuer, fake_clock: FakeClock, cache_control: str | None, lifetime: int
+) -> None:
+    if cache_control is not None:
+        stub_issuer.jwks_headers["Cache-Control"] = cache_control
+    server = stub_issuer.resource_server()
+    server.warm_up()
+    fake_clock.advance(lifetime - 1)
+    server.authenticate(bearer(stub_issuer.mint()))
+    assert stub_issuer.jwks_fetches == 1
+    fake_clock.advance(1)
+    server.authenticate(bearer(stub_issuer.mint()))
+    assert stub_issuer.jwks_fetches == 2
+
+
+def test_stale_keys_serve_for_an_hour_by_default_while_the_issuer_is_down(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    server = stub_issuer.resource_server()
+    server.warm_up()
+    stub_issuer.down = True
+    fake_clock.advance(600)  # the keys' TTL is over and the refresh fails
+    assert server.authenticate(bearer(stub_issuer.mint()))
+    fake_clock.advance(3599)
+    assert server.authenticate(bearer(stub_issuer.mint()))
+    fake_clock.advance(1)  # an hour past the TTL: nothing usable is left
+    with pytest.raises(IssuerUnavailable):
+        server.authenticate(bearer(stub_issuer.mint()))
+
+
+def test_with_no_keys_a_down_issuer_is_asked_again_after_1_2_4_then_every_5_s(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    stub_issuer.down = True
+    server = stub_issuer.resource_server()
+    token = stub_issuer.mint()
+    waits: list[int] = []
+    attempts: list[int] = []
+    for _ in range(6):
+        with pytest.raises(AuthError) as caught:
+            server.authenticate(bearer(token))
+        assert caught.value.status_code == 503
+        waits.append(int(caught.value.headers["Retry-After"]))
+        attempts.append(stub_issuer.discovery_fetches)
+        fake_clock.advance(waits[-1] - 1)  # a second early: not asked again
+        with pytest.raises(IssuerUnavailable):
+            server.authenticate(bearer(token))
+        assert stub_issuer.discovery_fetches == attempts[-1]
+        fake_clock.advance(1)
+    assert waits == [1, 2, 4, 5, 5, 5]
+    assert len(set(attempts)) == 6  # each wait ended in a new attempt
+
+
+def test_each_request_to_the_issuer_times_out_after_5_s_by_default(
+    stub_issuer: StubIssuer,
+) -> None:
+    stub_issuer.resource_server().warm_up()
+    assert stub_issuer.discovery_fetches == 1
+    assert stub_issuer.jwks_fetches == 1
+    for request in stub_issuer.seen:
+        assert request.extensions["timeout"] == {
+            "connect": 5.0,
+            "read": 5.0,
+            "write": 5.0,
+            "pool": 5.0,
+        }

@@ -14,6 +14,7 @@ from bearerguard import AuthError, ConfigurationError, ResourceServer
 from bearerguard.observe import Observer
 from bearerguard.request import RequestView
 from bearerguard.rules import Requirement
+from bearerguard.testing import LocalIssuer
 
 if TYPE_CHECKING:
     from conftest import FakeClock, StubIssuer
@@ -220,3 +221,77 @@ def test_something_that_is_not_an_observer_is_refused(
 ) -> None:
     with pytest.raises(ConfigurationError, match="on_authentication"):
         stub_issuer.resource_server(observer=observer)
+
+
+def test_authorize_async_reports_an_optional_request_without_credentials_not_a_public_one(
+    stub_issuer: StubIssuer,
+) -> None:
+    server, seen = observed(stub_issuer)
+
+    async def call(requirement: Requirement) -> None:
+        assert await server.authorize_async(RequestView("GET", []), requirement) is None
+
+    anyio.run(call, Requirement(public=True))
+    assert seen.events == []  # public: nothing decided, nothing said
+    anyio.run(call, Requirement(optional=True))
+    assert [(e.result, e.reason, e.cached) for e in seen.events] == [("none", None, None)]
+
+
+def test_a_cached_token_sent_with_extra_spaces_is_still_a_hit(stub_issuer: StubIssuer) -> None:
+    server, seen = observed(stub_issuer)
+    token = stub_issuer.mint()
+    server.authenticate(bearer(token))
+    server.authenticate("Bearer  " + token)
+    server.authenticate("Bearer   " + token)
+    assert [e.cached for e in seen.events] == [False, True, True]
+
+
+def test_a_cached_token_refused_for_the_routes_scopes_is_reported_as_a_hit(
+    stub_issuer: StubIssuer,
+) -> None:
+    server, seen = observed(stub_issuer)
+    write = stub_issuer.mint("write")
+    server.authenticate(bearer(write))  # verified and cached
+    needs_read = Requirement(scopes=("read",))
+    view = RequestView("GET", ["bearer " + write])  # another spelling: found by verification
+    with pytest.raises(AuthError):
+        server.authorize(view, needs_read)
+
+    async def run() -> None:
+        with pytest.raises(AuthError):
+            await server.authorize_async(view, needs_read)
+
+    anyio.run(run)
+    assert [(e.result, e.reason, e.cached, e.duration) for e in seen.events[1:]] == [
+        ("failure", "insufficient_scope", True, None),
+        ("failure", "insufficient_scope", True, None),
+    ]
+
+
+def test_a_verified_token_is_remembered_for_300_s_by_default(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    server, seen = observed(stub_issuer)
+    token = stub_issuer.mint()  # valid for an hour
+    server.authenticate(bearer(token))
+    fake_clock.advance(299)
+    server.authenticate(bearer(token))
+    fake_clock.advance(1)
+    server.authenticate(bearer(token))  # verified again, then remembered anew
+    server.authenticate(bearer(token))
+    assert [e.cached for e in seen.events] == [False, True, False, True]
+
+
+def test_the_verified_token_cache_holds_4096_tokens_by_default(fake_clock: FakeClock) -> None:
+    issuer = LocalIssuer(ISSUER, alg="ES256", clock=fake_clock)  # ES256: the fastest to mint
+    seen = Recorder()
+    server = issuer.resource_server(observer=seen)
+    tokens = [issuer.mint() for _ in range(4097)]
+    for token in tokens:
+        server.verify_token(token)
+    assert not any(e.cached for e in seen.events)
+    del seen.events[:]
+    server.verify_token(tokens[1])  # the 4096 latest are cached
+    server.verify_token(tokens[-1])
+    server.verify_token(tokens[0])  # the oldest made room for the 4097th
+    assert [e.cached for e in seen.events] == [True, True, False]
