@@ -421,6 +421,59 @@ def test_an_unknown_kid_while_down_with_keys_cached_is_an_invalid_token(
     assert fresh(stub_issuer, server).sub == "test-client"
 
 
+def test_an_unknown_kid_may_ask_again_one_cooldown_after_its_failed_try_while_stale_keys_serve(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    """After a failed refresh the routine retry waits refresh_retry (30 s), but a token with a
+    new kid may have the issuer asked again as soon as refetch_cooldown (5 s) has passed."""
+    server = stub_issuer.resource_server(jwks_ttl=600)
+    token = stub_issuer.mint()
+    server.authenticate(bearer(token))
+    stub_issuer.down = True
+    fake_clock.advance(600)
+    fresh(stub_issuer, server)  # the refresh fails: stale keys serve, the next try in 30 s
+    fake_clock.advance(1)
+    with pytest.raises(InvalidToken, match="unknown signing key"):
+        server.authenticate(bearer(with_kid(token, "stray")))  # a try, which fails too
+    asked = len(stub_issuer.requests)
+    stub_issuer.down = False
+    new = stub_issuer.rotate()
+    fake_clock.advance(4.5)
+    with pytest.raises(InvalidToken, match="unknown signing key"):
+        fresh(stub_issuer, server, key=new)  # inside the cooldown: not asked
+    assert len(stub_issuer.requests) == asked
+    fake_clock.advance(0.5)  # 5 s to the second after the stray kid's try
+    assert fresh(stub_issuer, server, key=new).sub == "test-client"  # asked at once
+
+
+def test_a_wall_clock_stepping_back_after_the_keys_were_dropped_is_a_503_not_a_crash(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    """The default clock is the wall clock, which can step back (NTP). Keys dropped when
+    max_stale ran out stay dropped at a time before their expiry, and Retry-After counts to
+    the next try on the clock as it now reads."""
+    server = stub_issuer.resource_server(jwks_ttl=600, max_stale=0)
+    fresh(stub_issuer, server)
+    stub_issuer.down = True
+    fake_clock.advance(600)
+    dropped_at = fake_clock.now
+    with pytest.raises(IssuerUnavailable):
+        fresh(stub_issuer, server)  # the refresh fails and the keys are dropped
+    fake_clock.now = dropped_at - 2  # stepped back before the keys' expiry
+    with pytest.raises(IssuerUnavailable) as info:
+        fresh(stub_issuer, server)
+    assert info.value.retry_after == 3  # the next try is 1 s after the failed one
+    fake_clock.now = dropped_at + 1  # that try is due; the clock steps back while it runs
+
+    def step_back() -> None:
+        fake_clock.now = dropped_at - 2
+
+    stub_issuer.gate = step_back
+    with pytest.raises(IssuerUnavailable) as info:
+        fresh(stub_issuer, server)
+    assert info.value.retry_after == 5  # 2 s after that try began, counted from 3 s before it
+
+
 # -- broken documents ------------------------------------------------------------------------------
 
 BROKEN_JWKS = {
@@ -945,6 +998,94 @@ def test_key_cache_usable_stale_is_fresh_or_within_max_stale(
     assert cache.usable_stale(start)
     assert cache.usable_stale(start + 1599)
     assert not cache.usable_stale(start + 1600)
+
+
+@pytest.mark.parametrize(
+    ("max_age", "lifetime"),
+    [(None, 600), (0.0, 60), (10.0**6, 86400)],
+    ids=["no-max-age", "below-the-minimum", "above-the-maximum"],
+)
+def test_key_cache_default_lifetime_is_600_s_and_a_max_age_counts_within_60_s_to_a_day(
+    fake_clock: FakeClock, two_keys: KeySet, max_age: float | None, lifetime: int
+) -> None:
+    """``CachePolicy()`` alone has the documented defaults of ``jwks_ttl``, ``jwks_min_ttl``
+    and ``jwks_max_ttl``."""
+    kid = two_keys.keys[0].kid
+    start = fake_clock.now
+    cache = KeyCache(CachePolicy())
+    cache.started(kid, start)
+    cache.succeeded(two_keys, max_age, None, start)
+    assert cache.lookup(kid, start + lifetime - 1) is two_keys.find(kid)
+    assert cache.lookup(kid, start + lifetime) is None
+
+
+def test_key_cache_default_cooldown_is_5_s(fake_clock: FakeClock, two_keys: KeySet) -> None:
+    cache = fetched_cache(two_keys, fake_clock.now)
+    assert cache.lookup("new-kid", fake_clock.now) is None
+    cache.started("new-kid", fake_clock.now)
+    cache.succeeded(two_keys, None, None, fake_clock.now)
+    fake_clock.advance(4.5)
+    with pytest.raises(InvalidToken, match="unknown signing key"):
+        cache.lookup("another-kid", fake_clock.now)
+    fake_clock.advance(0.5)
+    assert cache.lookup("another-kid", fake_clock.now) is None
+
+
+def test_key_cache_default_stale_keys_serve_1_h_and_a_failed_refresh_is_retried_after_30_s(
+    fake_clock: FakeClock, two_keys: KeySet
+) -> None:
+    kid = two_keys.keys[0].kid
+    key = two_keys.find(kid)
+    start = fake_clock.now
+    cache = fetched_cache(two_keys, start)
+
+    def refresh_fails_at(now: float) -> None:
+        cache.started(kid, now)
+        cache.failed("down", now)
+
+    refresh_fails_at(start + 600)
+    assert cache.lookup(kid, start + 629) is key
+    assert cache.lookup(kid, start + 630) is None
+    refresh_fails_at(start + 600 + 3599)
+    assert cache.after_fetch(kid, start + 600 + 3599, fetched=False) is key
+    refresh_fails_at(start + 600 + 3600)
+    with pytest.raises(IssuerUnavailable):
+        cache.after_fetch(kid, start + 600 + 3600, fetched=False)
+
+
+def test_key_cache_default_outage_backoff_is_1_2_4_then_5_s(fake_clock: FakeClock) -> None:
+    cache = KeyCache(CachePolicy())
+    waits: list[int] = []
+    for _ in range(6):
+        assert cache.lookup("kid", fake_clock.now) is None  # the wait is over: a try
+        cache.started("kid", fake_clock.now)
+        cache.failed("down", fake_clock.now)
+        waits.append(cache.retry_after(fake_clock.now))
+        fake_clock.advance(waits[-1])
+    assert waits == [1, 2, 4, 5, 5, 5]
+
+
+def test_the_outage_backoff_doubles_all_the_way_to_a_large_outage_retry_max(
+    stub_issuer: StubIssuer, fake_clock: FakeClock
+) -> None:
+    """ "doubling on each failure, never more than outage_retry_max apart": past 2**32 s too."""
+    stub_issuer.down = True
+    server = stub_issuer.resource_server(outage_retry_max=2.0**40)
+    waits: list[int] = []
+    for _ in range(35):
+        with pytest.raises(IssuerUnavailable) as info:
+            fresh(stub_issuer, server)
+        waits.append(info.value.retry_after)
+        fake_clock.advance(waits[-1])
+    assert waits == [2**n for n in range(35)]
+    assert info.value.headers["Retry-After"] == str(2**34)
+
+
+def test_the_outage_backoff_of_a_very_long_outage_is_outage_retry_max() -> None:
+    policy = CachePolicy(outage_retry=1.0, outage_retry_max=2.0**40)
+    assert policy.outage_backoff(41) == 2.0**40
+    assert policy.outage_backoff(10**6) == 2.0**40  # no overflow, however many failures
+    assert CachePolicy().outage_backoff(10**6) == 5.0
 
 
 def test_single_flight_across_both_faces_and_two_event_loops(stub_issuer: StubIssuer) -> None:

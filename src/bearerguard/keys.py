@@ -267,7 +267,8 @@ class CachePolicy:
     def outage_backoff(self, failures: int) -> float:
         """The wait after the ``failures``-th failed fetch in a row with no usable keys."""
         first = min(self.outage_retry, self.outage_retry_max)
-        return min(first * 2.0 ** min(failures - 1, 32), self.outage_retry_max)
+        # 2.0 ** 1024 overflows; 2.0 ** 1023 is past any real outage_retry_max / outage_retry.
+        return min(first * 2.0 ** min(failures - 1, 1023), self.outage_retry_max)
 
 
 def _found(keys: KeySet, kid: str | None) -> VerificationKey:
