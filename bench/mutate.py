@@ -213,15 +213,26 @@ class _PerTest:
             self.failed.add(report.nodeid)
 
 
-def build_map(out: Path) -> None:
-    """Run the pool under coverage (in this process) and write the map to ``out``."""
+def pool_files(part: int, parts: int) -> list[str]:
+    """The test files of the pool, dealt to ``parts`` processes (largest first, in turn)."""
+    files = [
+        path
+        for path in (ROOT / "tests").glob("test_*.py")
+        if not any(path.relative_to(ROOT).as_posix().startswith(ex) for ex in EXCLUDED)
+    ]
+    files.sort(key=lambda path: (-path.stat().st_size, path.name))
+    return [path.relative_to(ROOT).as_posix() for path in files[part::parts]]
+
+
+def build_map(out: Path, part: int, parts: int) -> None:
+    """Run one part of the pool under coverage (in this process); write its map to ``out``."""
     import coverage
 
     cov = coverage.Coverage(data_file=None, source=[str(SRC)], config_file=False)
     plugin = _PerTest(cov)
     cov.start()
     pytest.main(
-        ["-q", "-p", "no:cacheprovider", "-o", "addopts=", *_ignores(), "tests"],
+        ["-q", "-p", "no:cacheprovider", "-o", "addopts=", *pool_files(part, parts)],
         plugins=[plugin],
     )
     cov.stop()
@@ -236,10 +247,6 @@ def build_map(out: Path) -> None:
         lines[module] = {n: sorted(c for c in ctx if c) for n, ctx in by_line.items()}
     payload = {"lines": lines, "durations": plugin.durations, "failed": sorted(plugin.failed)}
     out.write_text(json.dumps(payload))
-
-
-def _ignores() -> list[str]:
-    return [f"--ignore={path}" for path in EXCLUDED]
 
 
 # Each module's own test files: every covering test in them runs. Other covering tests run
@@ -305,16 +312,37 @@ class FixedTests(CoverageMap):
         return 60.0
 
 
-def load_map(modules: list[str], reuse: Path | None) -> tuple[CoverageMap, float]:
+def load_map(modules: list[str], reuse: Path | None, parts: int) -> tuple[CoverageMap, float]:
+    """The coverage map: read from ``reuse`` when it exists, else built by ``parts`` processes
+    side by side (and kept in ``reuse`` when given)."""
     started = time.monotonic()
     if reuse is not None and reuse.exists():
         payload = json.loads(reuse.read_text())
     else:
+        payload = {"lines": {}, "durations": {}, "failed": []}
         with tempfile.TemporaryDirectory(prefix="mutate-map-") as work:
-            out = reuse or Path(work) / "map.json"
-            command = [PYTHON, __file__, "--build-map", str(out)]
-            subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-            payload = json.loads(out.read_text())
+            outs = [Path(work) / f"map{part}.json" for part in range(parts)]
+            runs = [
+                subprocess.Popen(
+                    [PYTHON, __file__, "--build-map", str(out), "--part", f"{part}/{parts}"],
+                    cwd=ROOT,
+                    stdout=subprocess.DEVNULL,
+                )
+                for part, out in enumerate(outs)
+            ]
+            for run in runs:
+                if run.wait() not in (0, 1):  # 1: some test failed; it is left out below
+                    raise SystemExit(f"mutate: the coverage run failed ({run.returncode})")
+            for out in outs:
+                part_map = json.loads(out.read_text())
+                for module, by_line in part_map["lines"].items():
+                    merged = payload["lines"].setdefault(module, {})
+                    for n, tests in by_line.items():
+                        merged[n] = merged.get(n, []) + tests
+                payload["durations"].update(part_map["durations"])
+                payload["failed"] += part_map["failed"]
+        if reuse is not None:
+            reuse.write_text(json.dumps(payload))
     failed = set(payload["failed"])
     if failed:
         print(f"mutate: {len(failed)} tests fail unmutated and are left out: {sorted(failed)}")
@@ -330,12 +358,11 @@ def _uses(tree: ast.Module, line: int) -> set[int]:
     """For a line run only at import: the lines that give it effect at run time.
 
     A default argument: the body of its function. A module or class constant: every line that
-    reads the name it is bound to (as a name or an attribute)."""
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            continue
-        if node.lineno <= line < node.body[0].lineno:
-            return set(range(node.body[0].lineno, (node.end_lineno or line) + 1))
+    reads the name it is bound to (as a name or an attribute), and where that read is itself a
+    default argument, the body of that function."""
+    body = _function_body(tree, line)
+    if body:
+        return body
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign | ast.AnnAssign) and node.lineno <= line <= (
@@ -350,7 +377,18 @@ def _uses(tree: ast.Module, line: int) -> set[int]:
         )
         if read and isinstance(getattr(node, "ctx", None), ast.Load):
             uses.add(node.lineno)
+            uses |= _function_body(tree, node.lineno)
     return uses
+
+
+def _function_body(tree: ast.Module, line: int) -> set[int]:
+    """The body's lines of the function whose signature holds ``line`` (empty if none)."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        if node.lineno <= line < node.body[0].lineno:
+            return set(range(node.body[0].lineno, (node.end_lineno or line) + 1))
+    return set()
 
 
 # -- running mutants ----------------------------------------------------------------------------
@@ -473,7 +511,7 @@ def warm_up() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     try:
-        pytest.main(["-q", "--collect-only", *CHILD_ARGS[2:6], *_ignores(), "tests"])
+        pytest.main(["-q", "--collect-only", *CHILD_ARGS[2:6], *pool_files(0, 1)])
     finally:
         os.dup2(saved, 1)
     gc.freeze()  # the children never scan the parent's objects
@@ -601,10 +639,12 @@ def main() -> int:
         "--map", type=Path, help="keep the coverage map in this file and reuse it when present"
     )
     parser.add_argument("--build-map", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--part", default="0/1", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.chdir(ROOT)
     if args.build_map:
-        build_map(args.build_map)
+        part, parts = map(int, args.part.split("/"))
+        build_map(args.build_map, part, parts)
         return 0
     only = {tuple(item.rsplit(":", 1)) for item in args.only.split(",") if item}
     modules = sorted({m for m, _ in only}, key=MODULES.index) if only else args.modules.split(",")
@@ -612,7 +652,7 @@ def main() -> int:
     if args.tests:
         cmap: CoverageMap = FixedTests(args.tests.split(","))
     else:
-        cmap, map_seconds = load_map(modules, args.map)
+        cmap, map_seconds = load_map(modules, args.map, args.workers)
         print(f"mutate: coverage map of the test pool in {map_seconds:.0f} s")
     warm_up()
     trees = {m: ast.parse((SRC / f"{m}.py").read_text()) for m in modules}
