@@ -15,6 +15,9 @@ from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
 from bearerguard.asgi import BearerAuthMiddleware, route_path
+from bearerguard.claims import claim_equals
+from bearerguard.errors import InvalidToken
+from bearerguard.request import RequestView
 from bearerguard.rules import Requirement, Rule, RuleSet
 from bearerguard.testing import LocalIssuer
 
@@ -31,8 +34,8 @@ RULES = RuleSet(
 )
 
 
-def needs(method: str, path: str) -> set[str] | str:
-    req = RULES.requirement(method, path)
+def needs(method: str, path: str, rules: RuleSet = RULES) -> set[str] | str:
+    req = rules.requirement(method, path)
     if req.public:
         return "public"
     return {s for group in req.groups() for s in group.scopes}
@@ -345,3 +348,136 @@ def test_remembered_answers_are_bounded_and_the_same_as_fresh_ones() -> None:
         assert len(rules._memo) <= 1024
     assert rules.requirement("post", "/orders") is rules.requirement("post", "/orders")
     assert rules.requirement("post", "/orders").scopes == ("write:orders",)
+
+
+# -- pinned from the mutation run: pattern limits, HEAD, spellings of the root, DPoP ------------
+
+
+@pytest.mark.parametrize(
+    ("path", "matches"),
+    [
+        ("/files/a.b", True),  # one character is enough for each placeholder
+        ("/files/report.pdf", True),
+        ("/files/a.b.c", True),
+        ("/files/report.", False),  # {ext} is empty
+        ("/files/.pdf", False),  # {name} is empty
+        ("/files/a.b/c", False),  # not a prefix rule: one segment more is another path
+        ("/files", False),
+    ],
+)
+def test_each_placeholder_of_a_segment_takes_one_character_or_more(
+    path: str, matches: bool
+) -> None:
+    rule = Rule("/files/{name}.{ext}", scopes="files")
+    assert rule.matches("GET", path) is matches
+
+
+def test_adjacent_placeholders_after_a_literal_need_one_character_each() -> None:
+    rule = Rule("/f/{a}.{b}{c}", scopes="s")
+    assert rule.matches("GET", "/f/x.yz")
+    assert not rule.matches("GET", "/f/x.y")
+    tail = Rule("/f/{a}{b}.{c}", scopes="s")
+    assert tail.matches("GET", "/f/xy.z")
+    assert not tail.matches("GET", "/f/x.z")
+
+
+@pytest.mark.parametrize(
+    ("path", "matches"),
+    [
+        ("/api/1.2", True),  # the prefix itself
+        ("/api/1.2/orders", True),
+        ("/api/1.2/orders/7", True),
+        ("/api/1", False),
+        ("/api", False),
+    ],
+)
+def test_a_prefix_rule_with_several_placeholders_covers_its_prefix_and_below(
+    path: str, matches: bool
+) -> None:
+    rule = Rule("/api/{major}.{minor}/*", scopes="api")
+    assert rule.matches("GET", path) is matches
+
+
+def test_a_set_whose_rules_all_need_the_segment_matcher_still_finds_them() -> None:
+    rules = RuleSet([Rule("/files/{name}.{ext}", scopes="files"), Rule("/v/{a}-{b}/*")])
+    assert rules.requirement("GET", "/files/report.pdf").scopes == ("files",)
+    assert rules.requirement("GET", "/files/report").scopes == ()
+    assert not rules.requirement("GET", "/v/1-2/x").public
+
+
+def test_a_rule_for_get_covers_head_and_no_other_rule_does() -> None:
+    get = Rule("/orders", methods=["get"], scopes="read")
+    assert get.matches("HEAD", "/orders")
+    assert get.matches("GET", "/orders")
+    post = Rule("/orders", methods=["POST"], scopes="write")
+    assert not post.matches("HEAD", "/orders")
+    assert not post.matches("GET", "/orders")
+
+
+def test_claims_that_are_not_claim_rules_are_refused_at_start_up() -> None:
+    with pytest.raises(TypeError, match=r"claims= takes ClaimRule objects"):
+        Rule("/orders", claims=["org_id"])  # type: ignore[list-item]
+    assert Rule("/orders", claims=[claim_equals("org_id", "acme")]).requirement.claims
+
+
+def test_a_public_root_stays_public_beside_a_catch_all_rule() -> None:
+    """ "/" has no other spelling: without its slash it would be the empty path, which only
+    a ``/*`` rule matches."""
+    rules = RuleSet([Rule("/*", scopes="api")], public=["/"])
+    assert rules.requirement("GET", "/").public
+    assert rules.requirement("GET", "/orders").scopes == ("api",)
+
+
+def test_a_target_without_a_path_never_needs_what_only_the_empty_path_matches() -> None:
+    """``GET http://host`` is routed as "/" (and, as always for such a target, as
+    "/http://host" and its spellings); never as the empty path, which only ``/*`` matches."""
+    rules = RuleSet(
+        [
+            Rule("/", scopes="home"),
+            Rule("/{section}/*", scopes="read"),
+            Rule("/*", scopes="admin"),  # what is left: doubled slashes such as "//x"
+        ]
+    )
+    assert needs("GET", "http://api.test", rules) == {"home", "read"}
+    assert needs("GET", "//x", rules) == {"admin", "read"}
+
+
+@pytest.mark.parametrize("path", ["v", "//v", "/v"])
+def test_a_one_character_path_needs_what_its_trailing_slash_spelling_needs(path: str) -> None:
+    rules = RuleSet([Rule("/v/", scopes="versions")])
+    assert needs("GET", path, rules) == {"versions"}
+
+
+def test_a_spelling_never_lets_bearer_tokens_into_a_dpop_only_route() -> None:
+    rules = RuleSet(
+        [
+            Rule("/orders", scopes="read", dpop=True),
+            Rule("/payments", scopes="pay"),
+            Rule("/payments/", dpop=True),
+        ]
+    )
+    assert rules.requirement("GET", "/orders/").dpop
+    assert rules.requirement("GET", "/payments").dpop
+    assert rules.requirement("GET", "/payments").scopes == ("pay",)
+    assert not RuleSet([Rule("/payments", scopes="pay")]).requirement("GET", "/payments/").dpop
+    issuer = LocalIssuer(audience="https://api.test")
+    server = issuer.resource_server(dpop="allowed")
+    header = f"Bearer {issuer.mint('read pay')}"
+    for path in ("/orders/", "/payments"):
+        view = RequestView("GET", [header], url=f"https://api.test{path}")
+        with pytest.raises(InvalidToken) as refused:
+            server.authorize(view, rules.requirement("GET", path))
+        assert refused.value.description == (
+            "this route takes DPoP-bound tokens only (Authorization: DPoP)"
+        )
+
+
+def test_a_scope_set_a_requirement_already_needs_adds_nothing() -> None:
+    """``needing`` a group that is already among ``groups()`` leaves the requirement as it
+    was: a refusal still names the group the token fails, not a union of groups."""
+    other = Requirement(scopes=("b",))
+    held = Requirement(scopes=("a",), also=(other,))
+    assert held.needing(other) == held
+    assert [g.scopes for g in held.needing(other).groups()] == [("a",), ("b",)]
+    plain = Requirement(scopes=("a", "c"))
+    assert plain.needing(Requirement(scopes=("a", "c"))) == plain
