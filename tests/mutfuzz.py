@@ -7,9 +7,17 @@ unicode; header spellings and counts). The oracle:
 
 - only the documented outcomes: an ``AccessToken`` or an ``AuthError`` (``JWKSError`` for a
   JWKS, ``Rejected`` for an MCP body); any other exception is a crash;
-- the sync face, the async face, the ASGI middleware and the WSGI middleware agree on every
-  header (the same status; on success the same subject);
+- the sync face and the async face agree on every header (the same status and reason; on
+  success the same subject); on a quarter of the headers for one server, so do the ASGI and
+  WSGI middleware, the Django middleware (sync and async) and a DRF view with
+  ``BearerAuthentication`` and ``HasScopes`` (the same status; on success the same subject).
+  A header no real server could carry (not latin-1) reaches the adapters mangled: they then
+  agree with one another only;
 - no input takes longer than ``SLOW`` seconds.
+
+Django is configured here only where nothing else did (``bench/mutfuzz.py``'s workers); in a
+pytest process ``tests/test_django.py`` may own the settings, and the fuzz's own
+``BEARERGUARD`` (a ready ``SERVER``) is then only overridden while it runs.
 
 ``run(n, seed)`` returns a ``Report``; ``tests/test_mutfuzz.py`` runs a short slice and
 ``bench/mutfuzz.py`` millions across processes (``make fuzz``).
@@ -19,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import io
 import json
 import random
 import time
@@ -180,10 +190,13 @@ class Report:
     crashes: list[str] = field(default_factory=list)
     disagreements: list[str] = field(default_factory=list)
     slowest: float = 0.0
+    # "<adapter> <status>" -> inputs: what the adapters (ASGI, WSGI, Django, DRF) answered
+    adapters: Counter[str] = field(default_factory=Counter)
 
     def merge(self, other: Report) -> None:
         self.inputs += other.inputs
         self.outcomes.update(other.outcomes)
+        self.adapters.update(other.adapters)
         self.crashes.extend(other.crashes)
         self.disagreements.extend(other.disagreements)
         self.slowest = max(self.slowest, other.slowest)
@@ -195,6 +208,36 @@ def outcome(result: Any) -> tuple[Any, ...]:
     if isinstance(result, AuthError):
         return ("refused", result.status_code, result.reason.value)
     return ("none",)
+
+
+# An adapter's answer: the status, and the subject its app saw on success.
+Answer = tuple[int, Any]
+
+
+def answer_of(result: Any) -> Answer:
+    """What every adapter must answer where the core gave ``result``."""
+    if isinstance(result, AuthError):
+        return result.status_code, None
+    return 200, result.sub if isinstance(result, AccessToken) else None
+
+
+def django_ready() -> None:
+    """Django set up for the in-process adapters: configured here only where nothing else did
+    (``tests/test_django.py`` may own the settings of a pytest process)."""
+    import django
+    from django.apps import apps
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(
+            SECRET_KEY="mutfuzz",
+            ALLOWED_HOSTS=["api.test"],
+            INSTALLED_APPS=[],
+            DATABASES={},
+            USE_TZ=True,
+        )
+    if not apps.ready:
+        django.setup()
 
 
 class Targets:
@@ -217,6 +260,7 @@ class Targets:
         self.wsgi = bg_wsgi.BearerAuthMiddleware(
             self._wsgi_app, server=issuer.resource_server(), rules=read
         )
+        self._django_adapters(issuer.resource_server(), read)
         self.key = DPoPKey.generate("ES256")
         self.bound = issuer.mint("read", sub="bound", claims={"cnf": {"jkt": self.key.jkt}})
         self.seeds_headers = [f"Bearer {i.mint('read write', sub='seed')}" for i in self.issuers]
@@ -231,6 +275,68 @@ class Targets:
             server.warm_up()
         self.asgi.server.warm_up()
         self.wsgi.server.warm_up()
+        self.django_server.warm_up()
+        self.label: tuple[Any, ...] = ()
+        self.last: Any = None  # the input being tried: a crash report shows it
+        self.answers: dict[str, Answer] = {}  # the last input's, per adapter
+
+    def _django_adapters(self, server: ResourceServer, read: list[Rule]) -> None:
+        """The Django middleware (both faces) and a DRF view, all on ``server``."""
+        django_ready()
+        from django.core.handlers.wsgi import WSGIRequest
+        from django.http import HttpRequest, HttpResponse
+        from rest_framework.renderers import JSONRenderer
+        from rest_framework.request import Request
+        from rest_framework.response import Response
+        from rest_framework.views import APIView
+
+        from bearerguard.django.drf import BearerAuthentication, HasScopes, exception_handler
+        from bearerguard.django.middleware import BearerGuardMiddleware
+
+        self.django_server = server
+        self.request_class = WSGIRequest
+        # BEARERGUARD is read when the middleware is built, and by DRF's classes per request;
+        # UNAUTHENTICATED_USER None: DRF needs no django.contrib.auth.
+        self.django_config: dict[str, Any] = {
+            "BEARERGUARD": {"SERVER": server, "RULES": read},
+            "REST_FRAMEWORK": {"UNAUTHENTICATED_USER": None},
+            "ALLOWED_HOSTS": ["api.test"],
+        }
+
+        def respond(request: HttpRequest) -> HttpResponse:
+            return HttpResponse(json.dumps({"sub": request.auth.sub}))
+
+        async def respond_async(request: HttpRequest) -> HttpResponse:
+            return respond(request)
+
+        class Read(APIView):
+            authentication_classes = (BearerAuthentication,)
+            permission_classes = (HasScopes.of("read"),)
+            renderer_classes = (JSONRenderer,)
+
+            def get(self, request: Request) -> Response:
+                return Response({"sub": request.auth.sub})
+
+            def get_exception_handler(self) -> Callable[..., Any]:
+                return exception_handler
+
+        with self.django_settings():
+            self.django = BearerGuardMiddleware(respond)
+            self.django_async = BearerGuardMiddleware(respond_async)
+        self.drf = Read.as_view()
+
+    def django_settings(self) -> contextlib.AbstractContextManager[object]:
+        """The fuzz's ``BEARERGUARD`` (and what DRF needs) in force: ``run`` holds it for a
+        whole slice; a single call outside ``run`` takes it for itself."""
+        from django.conf import settings
+        from django.test import override_settings
+
+        if getattr(settings, "BEARERGUARD", None) is self.django_config["BEARERGUARD"]:
+            return contextlib.nullcontext()
+        overridden: contextlib.AbstractContextManager[object] = override_settings(
+            **self.django_config
+        )
+        return overridden
 
     @staticmethod
     async def _asgi_app(scope: Any, receive: Any, send: Any) -> None:
@@ -263,12 +369,12 @@ class Targets:
         key = issuer.current_key
         algorithm = _ALGORITHMS[key.alg]
         signature = algorithm.sign(signing_input.encode(), key.private_key)
-        values = [f"Bearer {signing_input}.{b64(signature)}"]
+        values = self.last = [f"Bearer {signing_input}.{b64(signature)}"]
         return self._compare(server, values, rng)
 
     def header(self, rng: random.Random) -> list[str]:
-        """A mutated header through the sync and async faces and both middleware."""
-        values = mutate_header(rng.choice(self.seeds_headers), rng)
+        """A mutated header through the sync and async faces (and sometimes every adapter)."""
+        values = self.last = mutate_header(rng.choice(self.seeds_headers), rng)
         return self._compare(rng.choice(self.servers), values, rng)
 
     def _compare(self, server: ResourceServer, values: list[str], rng: random.Random) -> list[str]:
@@ -277,14 +383,27 @@ class Targets:
         problems = []
         if outcome(sync) != outcome(asynchronous):
             problems.append(f"sync {outcome(sync)} != async {outcome(asynchronous)}: {values!r}")
+        self.answers = {}
         if server is self.servers[0] and rng.random() < 0.25:
-            expected = sync.status_code if isinstance(sync, AuthError) else 200
-            asgi_status = self._asgi_status(values)
-            wsgi_status = self._wsgi_status(values)
-            if {asgi_status, wsgi_status} != {expected} and not _latin1_gap(values):
-                problems.append(f"core {expected} asgi {asgi_status} wsgi {wsgi_status}")
+            expected = answer_of(sync)
+            self.answers = self.adapters(values)
+            found = set(self.answers.values())
+            # Mangled on the way in, a non-latin-1 header is compared among the adapters only.
+            if found != {expected} and (len(found) > 1 or not _latin1_gap(values)):
+                problems.append(f"core {expected} adapters {self.answers}: {values!r}")
         self.label = outcome(sync)[::2] if isinstance(sync, AccessToken) else outcome(sync)
         return problems
+
+    def adapters(self, values: list[str]) -> dict[str, Answer]:
+        """What every adapter answers to these Authorization headers, for ``/read``."""
+        with self.django_settings():
+            return {
+                "asgi": self._asgi_answer(values),
+                "wsgi": self._wsgi_answer(values),
+                "django": self._django_answer(values),
+                "django-async": self._django_answer(values, asynchronous=True),
+                "drf": self._drf_answer(values),
+            }
 
     def _authorize(self, server: ResourceServer, values: list[str]) -> Any:
         try:
@@ -300,7 +419,7 @@ class Targets:
         except AuthError as exc:
             return exc
 
-    def _asgi_status(self, values: list[str]) -> int:
+    def _asgi_answer(self, values: list[str]) -> Answer:
         headers = [(b"authorization", v.encode("latin-1", "replace")) for v in values]
         scope = {
             "type": "http",
@@ -322,23 +441,30 @@ class Targets:
             sent.append(message)
 
         self.loop.run_until_complete(self.asgi(scope, receive, send))
-        return int(sent[0]["status"])
+        status = int(sent[0]["status"])
+        return status, json.loads(sent[1]["body"])["sub"] if status == 200 else None
 
-    def _wsgi_status(self, values: list[str]) -> int:
-        environ = {
-            "REQUEST_METHOD": "GET",
-            "PATH_INFO": "/read",
-            "SCRIPT_NAME": "",
-            "SERVER_NAME": "api.test",
-            "SERVER_PORT": "443",
-            "wsgi.url_scheme": "https",
-            "HTTP_AUTHORIZATION": ", ".join(
-                v.encode("latin-1", "replace").decode("latin-1") for v in values
-            ),
-        }
+    def _wsgi_answer(self, values: list[str]) -> Answer:
         statuses: list[str] = []
-        self.wsgi(environ, lambda status, headers, exc_info=None: statuses.append(status))
-        return int(statuses[0].split()[0])
+        body = self.wsgi(
+            _environ(values), lambda status, headers, exc_info=None: statuses.append(status)
+        )
+        status = int(statuses[0].split()[0])
+        return status, json.loads(b"".join(body))["sub"] if status == 200 else None
+
+    def _django_answer(self, values: list[str], asynchronous: bool = False) -> Answer:
+        request = self.request_class(_environ(values))
+        if asynchronous:
+            response = self.loop.run_until_complete(self.django_async(request))
+        else:
+            response = self.django(request)
+        status = response.status_code
+        return status, json.loads(response.content)["sub"] if status == 200 else None
+
+    def _drf_answer(self, values: list[str]) -> Answer:
+        response = self.drf(self.request_class(_environ(values)))
+        status = response.status_code
+        return status, response.data["sub"] if status == 200 else None
 
     def jwks(self, rng: random.Random) -> list[str]:
         text = self.seed_jwks
@@ -350,6 +476,7 @@ class Targets:
         if data is None:
             data = mutate_text(text, rng).encode("utf-8", "surrogatepass")
         try:
+            self.last = data
             keys = KeySet.from_jwks(data)
             self.label = ("jwks", len(keys))
         except JWKSError:
@@ -360,6 +487,7 @@ class Targets:
         proof = self.key.proof("GET", URL, access_token=self.bound, iat=NOW)
         for _ in range(rng.randrange(1, 3)):
             proof = mutate_text(proof, rng)
+        self.last = proof
         view = RequestView("GET", [f"DPoP {self.bound}"], url=URL, dpop=[proof])
         try:
             result: Any = self.dpop_server.authorize(view, self.requirement)
@@ -380,6 +508,7 @@ class Targets:
             )
         headers = [(b"mcp-method", b"tools/call")] if rng.random() < 0.3 else []
         try:
+            self.last = (headers, data)
             check_headers(headers, parse_calls(data))
             self.label = ("mcp", "passed")
         except Rejected as exc:
@@ -387,8 +516,25 @@ class Targets:
         return []
 
 
+def _environ(values: list[str]) -> dict[str, Any]:
+    """A WSGI environ for ``GET https://api.test/read``: repeated headers joined with ", ", as a
+    WSGI server joins them, and what is not latin-1 replaced (PEP 3333 strings)."""
+    return {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/read",
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": "api.test",
+        "SERVER_PORT": "443",
+        "wsgi.url_scheme": "https",
+        "wsgi.input": io.BytesIO(),
+        "HTTP_AUTHORIZATION": ", ".join(
+            v.encode("latin-1", "replace").decode("latin-1") for v in values
+        ),
+    }
+
+
 def _latin1_gap(values: list[str]) -> bool:
-    """A header a real server could not carry (non-latin-1): the middleware see it mangled."""
+    """A header a real server could not carry (non-latin-1): the adapters see it mangled."""
     return any(not all(ord(c) < 256 for c in v) for v in values)
 
 
@@ -407,25 +553,33 @@ def run(inputs: int, seed: int, targets: Targets | None = None) -> Report:
     ]
     report = Report()
     started = time.perf_counter()
-    for n in range(inputs):
-        kind, target = kinds[n % len(kinds)]
-        state = rng.getstate()
-        begun = time.perf_counter()
-        try:
-            problems = target(rng)
-        except Exception:
-            report.crashes.append(
-                f"{kind} (seed {seed}, input {n}): {traceback.format_exc(limit=6)}"
-            )
-            rng.setstate(state)
-            rng.random()
-            continue
-        took = time.perf_counter() - begun
-        report.slowest = max(report.slowest, took)
-        if took > SLOW:
-            report.crashes.append(f"{kind} (seed {seed}, input {n}) took {took:.2f} s")
-        report.disagreements.extend(problems)
-        report.outcomes[" ".join(str(x) for x in targets.label)] += 1
+    with targets.django_settings():  # the fuzz's BEARERGUARD, for the Django adapters
+        for n in range(inputs):
+            kind, target = kinds[n % len(kinds)]
+            state = rng.getstate()
+            targets.last = None
+            begun = time.perf_counter()
+            try:
+                problems = target(rng)
+            except Exception:
+                report.crashes.append(
+                    f"{kind} (seed {seed}, input {n}) {targets.last!r:.2000}: "
+                    f"{traceback.format_exc(limit=-8)}"
+                )
+                rng.setstate(state)
+                rng.random()
+                continue
+            took = time.perf_counter() - begun
+            report.slowest = max(report.slowest, took)
+            if took > SLOW:
+                report.crashes.append(
+                    f"{kind} (seed {seed}, input {n}) took {took:.2f} s: {targets.last!r:.2000}"
+                )
+            report.disagreements.extend(f"{kind} (seed {seed}, input {n}): {p}" for p in problems)
+            report.outcomes[" ".join(str(x) for x in targets.label)] += 1
+            for adapter, (status, _) in targets.answers.items():
+                report.adapters[f"{adapter} {status}"] += 1
+            targets.answers = {}
     report.inputs = inputs
     report.seconds = time.perf_counter() - started
     return report
