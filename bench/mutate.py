@@ -175,13 +175,17 @@ def _apply(node: ast.AST) -> None:
 
 
 def mutants_of(module: str) -> list[Mutant]:
-    """Each mutation point of ``module``; a second same change on one line is named ``#2``."""
-    tree = ast.parse((SRC / f"{module}.py").read_text())
-    seen: dict[tuple[int, str], int] = {}
+    """Each mutation point of ``module``. The same change to the same source text a second
+    time in the module (on one line or another) is named ``#2``, so a name is unique."""
+    source = (SRC / f"{module}.py").read_text()
+    texts = source.splitlines()
+    tree = ast.parse(source)
+    seen: dict[tuple[str, str], int] = {}
     mutants = []
     for i, (node, change) in enumerate(mutation_points(tree)):
         line = getattr(node, "lineno", 0)
-        count = seen[line, change] = seen.get((line, change), 0) + 1
+        text = texts[line - 1].strip()
+        count = seen[text, change] = seen.get((text, change), 0) + 1
         named = change if count == 1 else f"{change} #{count}"
         mutants.append(Mutant(module, i, line, getattr(node, "end_lineno", line), named))
     return mutants
@@ -281,7 +285,9 @@ class CoverageMap:
         found: set[str] = set()
         for line in range(mutant.line, mutant.end_line + 1):
             found |= covered.get(line, set())
-        if not found:
+        if not found or enclosing_function(tree, mutant.line) is None:
+            # Run at import (a test re-importing the module covers it too): the tests of
+            # where the value is used.
             for line in _uses(tree, mutant.line):
                 found |= covered.get(line, set())
         owners = {f"tests/{name}.py" for name in OWNERS.get(mutant.module, [])}

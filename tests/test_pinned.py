@@ -402,3 +402,23 @@ def test_an_auth_error_is_a_401_unless_a_subclass_says_otherwise() -> None:
         pass
 
     assert Ours().status_code == 401
+
+
+@pytest.mark.parametrize("alg", ["ES256", "ES384"])
+@pytest.mark.parametrize("half", ["r", "s"])
+def test_an_ec_signature_whose_half_starts_with_0x80_verifies(alg: str, half: str) -> None:
+    """ECDSA r||s is framed as DER by hand: a half whose top byte is exactly 0x80 has its top bit
+    set and needs the 0x00 pad like any other (1 signature in 256 on average)."""
+    issuer = LocalIssuer("https://issuer.test/oidc", audience=AUDIENCE, alg=alg)
+    server = issuer.resource_server(AUDIENCE, token_cache_size=0)
+    size = {"ES256": 32, "ES384": 48}[alg]
+    import base64
+
+    for n in range(5000):
+        token = issuer.mint("read", jti=str(n))
+        signature = base64.urlsafe_b64decode(token.split(".")[2] + "==")
+        if signature[0 if half == "r" else size] == 0x80:
+            break
+    else:  # pragma: no cover - (255/256) ** 5000 is about 3e-9
+        pytest.fail("no signature with that top byte in 5000")
+    assert server.verify_token(token).scopes == frozenset({"read"})

@@ -372,6 +372,21 @@ def test_each_placeholder_of_a_segment_takes_one_character_or_more(
     assert rule.matches("GET", path) is matches
 
 
+def test_a_segment_with_placeholders_needs_its_first_and_last_literals() -> None:
+    """The literal before the first placeholder and the one after the last must both be there,
+    whichever matcher the segment gets (one run of placeholders: a regex; several: a scan)."""
+    for pattern, good, wrong_start, wrong_end in (
+        ("/files/report-{id}", "/files/report-12", "/files/summary-12", None),
+        ("/files/{name}.pdf", "/files/a.pdf", None, "/files/a.txt"),
+        ("/f/a{x}.{y}b", "/f/ax.yb", "/f/zx.yb", "/f/ax.yz"),
+        ("/f/v{major}.{minor}-rc", "/f/v1.2-rc", "/f/w1.2-rc", "/f/v1.2-ga"),
+    ):
+        rule = Rule(pattern, scopes="s")
+        assert rule.matches("GET", good), pattern
+        for wrong in (wrong_start, wrong_end):
+            assert wrong is None or not rule.matches("GET", wrong), (pattern, wrong)
+
+
 def test_adjacent_placeholders_after_a_literal_need_one_character_each() -> None:
     rule = Rule("/f/{a}.{b}{c}", scopes="s")
     assert rule.matches("GET", "/f/x.yz")
