@@ -627,6 +627,8 @@ def report(mutants: list[Mutant], outcome: dict[Mutant, str], modules: list[str]
         where = f"{mutant.module}.py:{mutant.line}"
         text = source_line(mutant.module, mutant.line)
         print(f"{outcome[mutant]}: {where}: `{mutant.change}` `{text}`")
+    timeouts = sum(outcome[m] == "killed (timeout)" for m in mutants)
+    print(f"killed by a timeout (an endless loop, or the run's budget overrun): {timeouts}")
     stale = judged & {key(m) for m in mutants if outcome[m].startswith("killed")}
     for module, change, text in sorted(stale):
         print(f"listed as equivalent but killed: {module}.py `{change}` `{text}`")
