@@ -21,7 +21,22 @@ __all__ = ["ScopesRequiredMixin", "TokenUser", "current_token", "require_scopes"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class TokenUser:
+class _NoPermissions:
+    """Django's permission questions, which templates and ``permission_required`` ask of any
+    ``request.user``: always no. Its permissions live in its database; a token's are its
+    scopes (``require_scopes``)."""
+
+    def has_perm(self, perm: str, obj: object = None) -> bool:
+        return False
+
+    def has_perms(self, perm_list: Iterable[str], obj: object = None) -> bool:
+        return False
+
+    def has_module_perms(self, app_label: str) -> bool:
+        return False
+
+
+class TokenUser(_NoPermissions):
     """``request.user`` for a verified token: authenticated, no database row behind it."""
 
     is_authenticated = True
@@ -46,21 +61,11 @@ class TokenUser:
     def get_username(self) -> str:
         return self.username
 
-    # Django permissions live in its database; a token's are its scopes (require_scopes).
-    def has_perm(self, perm: str, obj: object = None) -> bool:
-        return False
-
-    def has_perms(self, perm_list: Iterable[str], obj: object = None) -> bool:
-        return False
-
-    def has_module_perms(self, app_label: str) -> bool:
-        return False
-
     def __str__(self) -> str:
         return self.username
 
 
-class NoTokenUser:
+class NoTokenUser(_NoPermissions):
     """``request.user`` where no token was needed or given."""
 
     is_authenticated = False
@@ -73,15 +78,6 @@ class NoTokenUser:
 
     def get_username(self) -> str:
         return ""
-
-    def has_perm(self, perm: str, obj: object = None) -> bool:
-        return False
-
-    def has_perms(self, perm_list: Iterable[str], obj: object = None) -> bool:
-        return False
-
-    def has_module_perms(self, app_label: str) -> bool:
-        return False
 
     def __str__(self) -> str:
         return "AnonymousUser"
