@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import httpx
 import pytest
 
 from bearerguard import ConfigurationError, MissingToken, ResourceServer
@@ -177,3 +179,48 @@ def test_an_explicit_url_off_the_well_known_path_is_named_but_not_served(url: st
 def test_urls_that_a_challenge_would_mangle_are_refused(kwargs: dict[str, str], match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         ResourceServer(ISSUER, "https://shopping.api", **kwargs)  # type: ignore[arg-type]
+
+
+# -- scopes_supported: configured, declared by the app's rules, found by scope sources -------
+
+
+def never_called(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"describing the resource made a request to {request.url}")
+
+
+def server(**kwargs: Any) -> ResourceServer:
+    return ResourceServer(
+        "https://issuer.test/oidc",
+        "https://api.test",
+        transport=httpx.MockTransport(never_called),
+        **kwargs,
+    )
+
+
+def supported(rs: ResourceServer, app: object = None) -> tuple[str, ...]:
+    document = rs.metadata(app)
+    assert document is not None
+    return document.scopes_supported
+
+
+def test_only_scope_names_are_declared() -> None:
+    rs = server(scopes_supported=["read"])
+    not_names: list[Any] = ["", "read write", None, 7, ("write",)]
+    rs.declare_scopes([*not_names, "write", "read"])
+    assert supported(rs) == ("read", "write")
+
+
+def test_scope_sources_are_asked_only_with_the_app_serving_the_document() -> None:
+    rs = server()
+    app = object()
+    asked: list[object] = []
+
+    def routes(found_in: object) -> list[str]:
+        asked.append(found_in)
+        return ["orders:read"]
+
+    rs.add_scope_source("routes", routes)
+    assert supported(rs) == ()  # no app known: no source is asked
+    assert asked == []
+    assert supported(rs, app) == ("orders:read",)
+    assert asked == [app]
