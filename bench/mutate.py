@@ -22,6 +22,7 @@ Two things keep a run of every point of every module within minutes on two cores
 Prints the kill ratio per module, every survivor (module, line, what changed, the source line)
 and the time taken. Survivors are the list to judge: a test that notices, or an equivalent
 mutant named with why in bench/README.md. Exit status 0 always: the number is the report.
+``MUTATE_DEBUG=1`` prints each mutant as it ends: its tests, its time, pytest's exit code.
 """
 
 from __future__ import annotations

@@ -58,7 +58,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -76,6 +75,9 @@ import httpx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from procs import RedisServer, free_port, stop  # the tests' own: loopback port, process group
 
 from bearerguard import AuthError
 from bearerguard.signing import DPoPKey, b64url
@@ -427,27 +429,6 @@ def self_check(issuer: LocalIssuer, keys: list[SigningKey], audience: str, pools
 # -- processes ------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    """Terminate a process we started; if it does not stop, kill its group (its own session).
-
-    The group is killed before the leader is reaped, so its id cannot have been reused.
-    """
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
 def children(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -491,44 +472,6 @@ class Issuer:
 
     def served(self, suffix: str) -> int:
         return sum(1 for path in list(self.local.requests) if path.endswith(suffix))
-
-
-class Redis:
-    """redis-server on a free loopback port, keeping nothing on disk; stopped and started again
-    on the same port, as tests/procs.py's RedisServer."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
-        self.proc = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock,
-            ):
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("redis-server did not start (make redis installs it)")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
-            self.proc = None
 
 
 @dataclass
@@ -741,7 +684,7 @@ class Run:
     """What the orchestrator and the drivers share."""
 
     issuer: Issuer
-    redis: Redis
+    redis: RedisServer
     apps: dict[str, App]
     keys: dict[str, KeyLife]
     lifetime: int  # seconds every token minted during the run lives
@@ -1201,7 +1144,7 @@ def prepare(
     issuer.up()
     stack.callback(issuer.down)
     (work / "redis").mkdir()
-    redis = Redis(work / "redis")
+    redis = RedisServer(work / "redis")
     redis.start()
     stack.callback(redis.stop)
     apps = {kind: App(kind, free_port(), work / f"{kind}.log", {}) for kind in SERVERS}
